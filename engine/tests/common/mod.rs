@@ -1,0 +1,65 @@
+//! Shared helpers for the engine's integration tests.
+//!
+//! Every test gets its own block of System V keys (derived from the process id
+//! and a counter) so that tests can run in parallel, and a guard that removes
+//! the segments when the test ends, panicking or not: the suite must leave
+//! `ipcs -m` clean.
+
+#![allow(dead_code)]
+
+use osprey_engine::index::{IndexConfig, PageMode};
+use osprey_engine::{Digest, Index, IndexRecord, Location};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT_SLOT: AtomicU32 = AtomicU32::new(0);
+
+/// A key base no other live test in this run uses.
+pub fn unique_key_base() -> u32 {
+    let slot = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) & 0x7F;
+    0x2000_0000 + ((std::process::id() & 0xFF) << 20) + (slot << 13)
+}
+
+/// A small-stage config for tests: 1 MiB stages on normal pages.
+pub fn small_config(sprigs: u32) -> IndexConfig {
+    IndexConfig {
+        namespace_id: 1,
+        shm_key_base: unique_key_base(),
+        pages: PageMode::Normal,
+        sprigs_per_partition: sprigs,
+        stage_size_bytes: 1 << 20,
+        max_stages: 64,
+        walk_threads: 2,
+    }
+}
+
+/// Removes the config's segments when dropped.
+pub struct SegmentsGuard(pub IndexConfig);
+
+impl Drop for SegmentsGuard {
+    fn drop(&mut self) {
+        let _ = Index::destroy_segments(&self.0);
+    }
+}
+
+/// A deterministic digest for `n` (RIPEMD-160 of an integer key in set "t").
+pub fn digest(n: u64) -> Digest {
+    Digest::compute("t", &osprey_engine::UserKey::Integer(n as i64))
+}
+
+/// A record for `digest` whose fields all derive from `seed`.
+pub fn record(digest: Digest, seed: u64) -> IndexRecord {
+    IndexRecord {
+        digest,
+        location: Location {
+            device: (seed % 7) as u8,
+            rblock_id: seed.wrapping_mul(3) % (1 << 40),
+            n_rblocks: 1 + (seed % 500) as u32,
+        },
+        generation: (seed % 65_536) as u16,
+        void_time: (seed % 3) as u32 * 1_000,
+        last_update_ms: seed.wrapping_mul(11) % (1 << 48),
+        set_id: (seed % 4) as u16,
+        tombstone: seed % 13 == 0,
+        key_stored: seed % 2 == 0,
+    }
+}

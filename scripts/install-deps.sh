@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what building and testing Osprey needs on Debian 12, idempotently.
+# Rust itself comes from rustup (Debian 12's rustc is too old); this script
+# checks for it and adds the rustfmt and clippy components when missing.
+set -euo pipefail
+
+need_rust="1.85"
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo not found. Install Rust >= $need_rust with rustup (https://rustup.rs), then run this again." >&2
+  exit 1
+fi
+have=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$need_rust" "$have" | sort -V | head -n1)" != "$need_rust" ]; then
+  echo "install-deps: rustc $have is older than $need_rust; run 'rustup update stable'." >&2
+  exit 1
+fi
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$component"
+  fi
+done
+
+# Debian packages the build and the tests use.
+packages=(pkg-config build-essential)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing Debian packages: ${missing[*]} (run as root or install them)" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+echo "rustc $have, cargo fmt and clippy present; Debian packages present: ${packages[*]}"
