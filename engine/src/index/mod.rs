@@ -283,6 +283,18 @@ pub struct IndexStats {
     pub huge_pages: bool,
 }
 
+/// An entry taken from the arena and not yet linked into a tree.
+struct Reserved<'a> {
+    index: &'a Index,
+    handle: Handle,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.index.free(self.handle);
+    }
+}
+
 /// The primary index of one namespace.
 pub struct Index {
     config: IndexConfig,
@@ -416,11 +428,10 @@ impl Index {
                 attached: info.attached,
             }));
         }
-        let needed = meta_size(config);
-        if info.size_bytes < needed.max(HEADER_SIZE) {
+        if info.size_bytes < HEADER_SIZE {
             return Err(AttachError::Refused(Refusal::TooSmall {
                 bytes: info.size_bytes,
-                needed,
+                needed: HEADER_SIZE,
             }));
         }
         let meta = match Segment::attach(key) {
@@ -428,6 +439,18 @@ impl Index {
             Ok(None) => return Err(AttachError::Refused(Refusal::NoIndex)),
             Err(e) => return Err(AttachError::Fatal(shm_error("shmat", key)(e))),
         };
+        // Two processes starting at once could both pass the check above;
+        // after attaching, each sees the other and both back off.
+        match shm::stat(key) {
+            Ok(Some(now)) if now.attached > 1 => {
+                return Err(AttachError::Fatal(IndexError::InUse {
+                    key,
+                    attached: now.attached - 1,
+                }))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(AttachError::Fatal(shm_error("shmctl(IPC_STAT)", key)(e))),
+        }
         let mut index = Index::with_meta(config, meta);
         index
             .check_header(devices_shutdown_id)
@@ -678,9 +701,8 @@ impl Index {
             apply(&p.tombstones, 1);
         } else {
             apply(&p.records, 1);
-            if record.set_id != 0 {
-                apply(&self.set_records[record.set_id as usize], 1);
-            }
+            // Set id 0 counts the records that have no set.
+            apply(&self.set_records[record.set_id as usize], 1);
         }
         apply(&p.rblocks, u64::from(record.location.n_rblocks));
     }
@@ -720,19 +742,23 @@ impl Index {
             self.apply_existing(sprig, &mut path, found, &old, change);
             return Ok(out);
         }
-        let fresh = self.alloc()?;
+        // The reservation goes back to the free list unless it is linked,
+        // even if `decide` panics: an entry marked in use but in no tree
+        // would come back as a live record after a warm restart.
+        let fresh = Reserved {
+            index: self,
+            handle: self.alloc()?,
+        };
         let (change, out) = decide(None);
-        match change {
-            Change::Put(record) => {
-                assert_eq!(
-                    record.digest, *digest,
-                    "update put a record under another digest"
-                );
-                self.node(fresh).store_record(&record);
-                tree::insert(self, &sprig.root, &mut path, fresh);
-                self.count(&record, true);
-            }
-            Change::Keep | Change::Remove => self.free(fresh),
+        if let Change::Put(record) = change {
+            assert_eq!(
+                record.digest, *digest,
+                "update put a record under another digest"
+            );
+            self.node(fresh.handle).store_record(&record);
+            tree::insert(self, &sprig.root, &mut path, fresh.handle);
+            self.count(&record, true);
+            std::mem::forget(fresh);
         }
         Ok(out)
     }
