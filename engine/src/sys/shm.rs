@@ -1,5 +1,4 @@
-//! System V shared memory segments: the only module of `osprey-engine` that
-//! uses `unsafe`.
+//! System V shared memory segments.
 //!
 //! The primary index lives in segments that outlive the process, so that a
 //! restarted process can re-attach them (warm start). A segment is named by a
@@ -12,8 +11,6 @@
 //! address. Types made only of atomics can be shared as `&[T]` soundly and
 //! cost nothing extra on x86-64 for relaxed loads and stores. Everything above
 //! this module is safe code.
-
-#![allow(unsafe_code)]
 
 use std::io;
 
