@@ -21,6 +21,7 @@ pub mod device;
 pub mod digest;
 pub mod index;
 pub mod partition;
+pub mod record;
 pub mod sys;
 
 pub use sys::shm;
