@@ -1,0 +1,3 @@
+//! Flash storage: device headers, write blocks, the write and read paths.
+
+pub mod wblocks;

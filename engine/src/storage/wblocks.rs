@@ -1,0 +1,377 @@
+//! Write-block bookkeeping of one device: bytes in use, state, and the free
+//! and defrag queues.
+//!
+//! After the 8 MiB header region a device is cut into write blocks of
+//! `write-block-size` bytes. Each is in one state:
+//!
+//! ```text
+//!   Free ──take_free──► Open ──close──► Used ──release below lwm──► Defrag
+//!    ▲                                   │                            │
+//!    └──────── release to 0 bytes ───────┘◄──────── finish_defrag ────┘
+//! ```
+//!
+//! - `Open`: a core is filling its buffer; it is never freed or defragmented
+//!   however empty it gets, because the writer still appends to it.
+//! - `Used`: written; freed the moment its in-use bytes reach zero, queued
+//!   for defrag when they fall below `defrag-lwm-pct`.
+//! - `Defrag`: owned by the defragmenter, which copies the live records out
+//!   and calls `finish_defrag` only once their new copies are on the device.
+//!
+//! In-use bytes and states are atomics (many cores release bytes at once);
+//! the queues are short critical sections taken once per write block, not
+//! once per record.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use crate::record::RBLOCK_BYTES;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WblockState {
+    Free = 0,
+    Open = 1,
+    Used = 2,
+    Defrag = 3,
+}
+
+impl WblockState {
+    fn from_u8(v: u8) -> WblockState {
+        match v {
+            0 => WblockState::Free,
+            1 => WblockState::Open,
+            2 => WblockState::Used,
+            _ => WblockState::Defrag,
+        }
+    }
+}
+
+/// What releasing bytes did to the write block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Released {
+    Kept,
+    Freed,
+    QueuedForDefrag,
+}
+
+pub struct WblockTable {
+    first_offset: u64,
+    wblock_bytes: u32,
+    in_use: Box<[AtomicU32]>,
+    state: Box<[AtomicU8]>,
+    free: Mutex<VecDeque<u32>>,
+    defrag: Mutex<VecDeque<u32>>,
+    lwm_bytes: u32,
+}
+
+impl WblockTable {
+    /// A table for a device of `device_bytes` whose write blocks start at
+    /// `first_offset`; every block starts `Free` and empty.
+    pub fn new(
+        first_offset: u64,
+        device_bytes: u64,
+        wblock_bytes: u32,
+        defrag_lwm_pct: u32,
+    ) -> Result<Self, String> {
+        if wblock_bytes == 0 || wblock_bytes as usize % RBLOCK_BYTES != 0 {
+            return Err(format!(
+                "write-block size {wblock_bytes} is not a multiple of {RBLOCK_BYTES}"
+            ));
+        }
+        if defrag_lwm_pct > 100 {
+            return Err(format!("defrag-lwm-pct {defrag_lwm_pct} is over 100"));
+        }
+        let count = device_bytes.saturating_sub(first_offset) / u64::from(wblock_bytes);
+        if count == 0 || count > u64::from(u32::MAX) {
+            return Err(format!(
+                "a device of {device_bytes} bytes holds {count} write blocks of {wblock_bytes} bytes after its {first_offset}-byte header; at least 1 is needed"
+            ));
+        }
+        let count = count as u32;
+        Ok(WblockTable {
+            first_offset,
+            wblock_bytes,
+            in_use: (0..count).map(|_| AtomicU32::new(0)).collect(),
+            state: (0..count)
+                .map(|_| AtomicU8::new(WblockState::Free as u8))
+                .collect(),
+            free: Mutex::new((0..count).collect()),
+            defrag: Mutex::new(VecDeque::new()),
+            lwm_bytes: (u64::from(wblock_bytes) * u64::from(defrag_lwm_pct) / 100) as u32,
+        })
+    }
+
+    pub fn count(&self) -> u32 {
+        self.in_use.len() as u32
+    }
+
+    pub fn wblock_bytes(&self) -> u32 {
+        self.wblock_bytes
+    }
+
+    /// Device byte offset of write block `id`.
+    pub fn offset_of(&self, id: u32) -> u64 {
+        self.first_offset + u64::from(id) * u64::from(self.wblock_bytes)
+    }
+
+    /// The write block holding rblock `rblock_id` (an absolute rblock number
+    /// on the device), or `None` if it is in the header region or past the end.
+    pub fn wblock_of(&self, rblock_id: u64) -> Option<u32> {
+        let offset = rblock_id.checked_mul(RBLOCK_BYTES as u64)?;
+        let id = offset.checked_sub(self.first_offset)? / u64::from(self.wblock_bytes);
+        (id < u64::from(self.count())).then_some(id as u32)
+    }
+
+    pub fn state(&self, id: u32) -> WblockState {
+        WblockState::from_u8(self.state[id as usize].load(Ordering::Acquire))
+    }
+
+    pub fn in_use_bytes(&self, id: u32) -> u32 {
+        self.in_use[id as usize].load(Ordering::Relaxed)
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a free write block for a writer; it becomes `Open`.
+    pub fn take_free(&self) -> Option<u32> {
+        let id = Self::lock(&self.free).pop_front()?;
+        let was = self.state[id as usize].swap(WblockState::Open as u8, Ordering::AcqRel);
+        assert_eq!(
+            was,
+            WblockState::Free as u8,
+            "write block {id} on the free queue was not free"
+        );
+        Some(id)
+    }
+
+    /// Counts `bytes` more in use in block `id` (a record written into it, or
+    /// found in it by a start-up walk).
+    pub fn add(&self, id: u32, bytes: u32) {
+        let old = self.in_use[id as usize].fetch_add(bytes, Ordering::Relaxed);
+        debug_assert!(
+            old.checked_add(bytes)
+                .is_some_and(|n| n <= self.wblock_bytes),
+            "write block {id} over-full"
+        );
+    }
+
+    /// Counts `bytes` fewer in use in block `id` (a record replaced, deleted
+    /// or moved away) and frees or queues the block as its state allows.
+    pub fn release(&self, id: u32, bytes: u32) -> Released {
+        let old = self.in_use[id as usize].fetch_sub(bytes, Ordering::AcqRel);
+        assert!(
+            old >= bytes,
+            "write block {id}: releasing {bytes} bytes of {old} in use"
+        );
+        let new = old - bytes;
+        if new == 0 && self.transition(id, WblockState::Used, WblockState::Free) {
+            Self::lock(&self.free).push_back(id);
+            return Released::Freed;
+        }
+        if new < self.lwm_bytes
+            && old >= self.lwm_bytes
+            && self.transition(id, WblockState::Used, WblockState::Defrag)
+        {
+            Self::lock(&self.defrag).push_back(id);
+            return Released::QueuedForDefrag;
+        }
+        Released::Kept
+    }
+
+    fn transition(&self, id: u32, from: WblockState, to: WblockState) -> bool {
+        self.state[id as usize]
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The writer is done with block `id` (its buffer is full or retired):
+    /// it becomes `Used`, and is freed or queued at once if already light.
+    pub fn close(&self, id: u32) -> Released {
+        let closed = self.transition(id, WblockState::Open, WblockState::Used);
+        assert!(closed, "closing write block {id}, which is not open");
+        self.settle(id)
+    }
+
+    fn settle(&self, id: u32) -> Released {
+        let in_use = self.in_use_bytes(id);
+        if in_use == 0 && self.transition(id, WblockState::Used, WblockState::Free) {
+            Self::lock(&self.free).push_back(id);
+            Released::Freed
+        } else if in_use < self.lwm_bytes
+            && self.transition(id, WblockState::Used, WblockState::Defrag)
+        {
+            Self::lock(&self.defrag).push_back(id);
+            Released::QueuedForDefrag
+        } else {
+            Released::Kept
+        }
+    }
+
+    /// The next block to defragment, if any.
+    pub fn take_defrag(&self) -> Option<u32> {
+        Self::lock(&self.defrag).pop_front()
+    }
+
+    /// Defrag of block `id` is complete and every record it held is durable
+    /// elsewhere: the block is free.
+    pub fn finish_defrag(&self, id: u32) {
+        let done = self.transition(id, WblockState::Defrag, WblockState::Free);
+        assert!(
+            done,
+            "finishing defrag of write block {id}, which is not being defragmented"
+        );
+        self.in_use[id as usize].store(0, Ordering::Release);
+        Self::lock(&self.free).push_back(id);
+    }
+
+    /// After a start-up walk has `add`ed every record: empty blocks go to the
+    /// free queue, light ones to the defrag queue, the rest are `Used`.
+    /// Every block must still be `Free` (fresh table).
+    pub fn settle_after_load(&self) {
+        Self::lock(&self.free).clear();
+        for id in 0..self.count() {
+            let was = self.state[id as usize].swap(WblockState::Used as u8, Ordering::AcqRel);
+            assert_eq!(
+                was,
+                WblockState::Free as u8,
+                "settle_after_load on a table in use"
+            );
+            self.settle(id);
+        }
+    }
+
+    pub fn free_count(&self) -> usize {
+        Self::lock(&self.free).len()
+    }
+
+    pub fn defrag_queue_len(&self) -> usize {
+        Self::lock(&self.defrag).len()
+    }
+
+    /// Bytes of live records (and tombstones) on the device.
+    pub fn used_bytes(&self) -> u64 {
+        self.in_use
+            .iter()
+            .map(|b| u64::from(b.load(Ordering::Relaxed)))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn table() -> WblockTable {
+        // 4 blocks of 1 MiB after an 8 MiB header; lwm 50%.
+        WblockTable::new(8 * MIB, 12 * MIB + 100, MIB as u32, 50).unwrap()
+    }
+
+    #[test]
+    fn geometry() {
+        let t = table();
+        assert_eq!(t.count(), 4);
+        assert_eq!(t.offset_of(2), 10 * MIB);
+        assert_eq!(t.wblock_of(10 * MIB / 16), Some(2));
+        assert_eq!(t.wblock_of(10 * MIB / 16 - 1), Some(1));
+        assert_eq!(t.wblock_of(0), None, "header region");
+        assert_eq!(t.wblock_of(12 * MIB / 16), None, "past the end");
+        assert!(WblockTable::new(8 * MIB, 8 * MIB, MIB as u32, 50)
+            .err()
+            .unwrap()
+            .contains("at least 1"));
+        assert!(WblockTable::new(8 * MIB, 9 * MIB, 1000, 50).is_err());
+    }
+
+    #[test]
+    fn an_open_block_is_never_freed_or_queued() {
+        let t = table();
+        let id = t.take_free().unwrap();
+        assert_eq!(t.state(id), WblockState::Open);
+        t.add(id, 1000);
+        assert_eq!(t.release(id, 1000), Released::Kept);
+        assert_eq!(t.state(id), WblockState::Open);
+        // Closing an empty block frees it at once.
+        assert_eq!(t.close(id), Released::Freed);
+        assert_eq!(t.state(id), WblockState::Free);
+        assert_eq!(t.free_count(), 4);
+    }
+
+    #[test]
+    fn used_blocks_go_to_defrag_below_the_lwm_and_free_at_zero() {
+        let t = table();
+        let id = t.take_free().unwrap();
+        t.add(id, 600_000);
+        t.add(id, 300_000);
+        assert_eq!(t.close(id), Released::Kept);
+        assert_eq!(t.release(id, 300_000), Released::Kept); // 600 000 >= 524 288
+        assert_eq!(t.release(id, 100_000), Released::QueuedForDefrag);
+        assert_eq!(t.state(id), WblockState::Defrag);
+        assert_eq!(t.take_defrag(), Some(id));
+        // Releases during defrag neither free nor re-queue it.
+        assert_eq!(t.release(id, 500_000), Released::Kept);
+        t.finish_defrag(id);
+        assert_eq!(t.state(id), WblockState::Free);
+        assert_eq!(t.in_use_bytes(id), 0);
+
+        let id = t.take_free().unwrap();
+        t.add(id, 900_000);
+        t.close(id);
+        assert_eq!(t.release(id, 900_000), Released::Freed);
+        assert_eq!(t.take_defrag(), None);
+    }
+
+    #[test]
+    fn settle_after_load_sorts_blocks() {
+        let t = table();
+        t.add(0, 900_000);
+        t.add(1, 10);
+        t.settle_after_load();
+        assert_eq!(t.state(0), WblockState::Used);
+        assert_eq!(t.state(1), WblockState::Defrag);
+        assert_eq!(t.state(2), WblockState::Free);
+        assert_eq!(t.free_count(), 2);
+        assert_eq!(t.defrag_queue_len(), 1);
+        assert_eq!(t.used_bytes(), 900_010);
+    }
+
+    #[test]
+    fn concurrent_releases_queue_a_block_for_defrag_exactly_once() {
+        let t = table();
+        let id = t.take_free().unwrap();
+        for _ in 0..4000 {
+            t.add(id, 256);
+        }
+        t.close(id);
+        let queued = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        match t.release(id, 256) {
+                            Released::QueuedForDefrag => {
+                                queued.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Released::Freed => {
+                                panic!("a block queued for defrag belongs to the defragmenter")
+                            }
+                            Released::Kept => {}
+                        }
+                    }
+                });
+            }
+        });
+        // Crossing the low-water mark queued it once; emptying it later did
+        // not free it behind the defragmenter's back.
+        assert_eq!(queued.load(Ordering::Relaxed), 1);
+        assert_eq!(t.state(id), WblockState::Defrag);
+        assert_eq!(t.in_use_bytes(id), 0);
+        assert_eq!(t.take_defrag(), Some(id));
+        t.finish_defrag(id);
+        assert_eq!(t.free_count(), 4);
+    }
+}
