@@ -160,7 +160,7 @@ fn update_on_an_absent_key_can_decline_without_inserting() {
 #[test]
 fn the_arena_grows_stage_by_stage_then_reports_index_full() {
     let mut config = small_config(16);
-    config.stage_size_bytes = 64 << 10; // 1170 entries per stage
+    config.stage_size_bytes = 64 << 10; // 1024 entries per stage (a power of two)
     config.max_stages = 3;
     let _guard = SegmentsGuard(config.clone());
     let index = Index::create(&config).unwrap();

@@ -49,6 +49,7 @@ pub struct IndexConfig {
     /// Trees per partition: a power of two, 1..=4096.
     pub sprigs_per_partition: u32,
     /// Bytes per arena stage segment: a multiple of 4 KiB, 64 KiB..=16 GiB.
+    /// It holds the largest power of two of entries that fits.
     pub stage_size_bytes: u64,
     /// Stage limit: past it inserts fail with "index full".
     pub max_stages: u32,
@@ -162,8 +163,13 @@ impl IndexConfig {
         Ok(())
     }
 
+    /// Entries per stage: the largest power of two that fits the stage, so
+    /// that a handle splits into stage and slot with a shift and a mask.
+    /// (The unused tail of a stage is never touched, so it costs no memory
+    /// on normal pages.)
     pub fn entries_per_stage(&self) -> u32 {
-        (self.stage_size_bytes / ENTRY_SIZE as u64).min(u64::from(u32::MAX)) as u32
+        let fit = (self.stage_size_bytes / ENTRY_SIZE as u64).clamp(1, 1 << 31);
+        1u32 << (63 - fit.leading_zeros())
     }
 
     /// The key of segment `segment` (0 = meta, 1.. = stage segment - 1).

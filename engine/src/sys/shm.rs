@@ -165,6 +165,63 @@ impl Drop for Segment {
     }
 }
 
+/// A segment viewed as an array of `T`, checked once at construction so that
+/// each access is one bounds check and a pointer offset (the index's handle
+/// to entry mapping is on every tree step).
+pub struct Table<T: ShmSafe> {
+    segment: std::sync::Arc<Segment>,
+    ptr: *const T,
+    len: usize,
+}
+
+// SAFETY: the table only hands out `&T` with `T: ShmSafe` (Sync: atomics
+// only), into memory that `segment` keeps mapped.
+unsafe impl<T: ShmSafe> Send for Table<T> {}
+// SAFETY: as above.
+unsafe impl<T: ShmSafe> Sync for Table<T> {}
+
+impl<T: ShmSafe> Table<T> {
+    /// Views `len` values of `T` starting `offset` bytes into `segment`;
+    /// panics if they do not fit (a layout bug, never data-dependent).
+    pub fn new(segment: std::sync::Arc<Segment>, offset: usize, len: usize) -> Table<T> {
+        let ptr = segment.slice::<T>(offset, len).as_ptr();
+        Table { segment, ptr, len }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        self.segment
+            .slice::<T>(self.ptr as usize - self.segment.addr as usize, self.len)
+    }
+
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> &T {
+        assert!(i < self.len, "table index {i} out of {}", self.len);
+        // SAFETY: `i < len`, and `new` checked that `len` values of `T` fit
+        // the mapping, aligned; the mapping lives as long as `self.segment`.
+        unsafe { &*self.ptr.add(i) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn segment(&self) -> &Segment {
+        &self.segment
+    }
+}
+
+impl<T: ShmSafe> std::ops::Index<usize> for Table<T> {
+    type Output = T;
+    #[inline(always)]
+    fn index(&self, i: usize) -> &T {
+        self.get(i)
+    }
+}
+
 /// What the kernel knows about the segment with `key`; `Ok(None)` if absent.
 pub fn stat(key: i32) -> io::Result<Option<SegmentInfo>> {
     // SAFETY: plain integer arguments.
