@@ -22,6 +22,7 @@ pub mod digest;
 pub mod index;
 pub mod partition;
 pub mod record;
+pub mod result;
 pub mod storage;
 pub mod sys;
 
