@@ -20,6 +20,7 @@
 pub mod device;
 pub mod digest;
 pub mod index;
+pub mod ops;
 pub mod partition;
 pub mod record;
 pub mod result;
