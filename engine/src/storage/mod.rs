@@ -1,4 +1,6 @@
 //! Flash storage: device headers, write blocks, the write and read paths.
 
+pub mod core;
 pub mod header;
+pub mod namespace;
 pub mod wblocks;

@@ -1,0 +1,936 @@
+//! One core's share of a namespace's storage: its device queues, its open
+//! write buffer per device, and its transactions parked on device reads or
+//! on a commit.
+//!
+//! A transaction runs to completion on the core that received it:
+//!
+//! ```text
+//! submit ─► index lookup ─► bins needed? ─no──────────────────────┐
+//!                              │ yes: in a RAM block? ─yes─► copy  │
+//!                              │ no: read the aligned span, park   │
+//!                              ▼ on completion: verify, resume     ▼
+//!            ops::apply (policies, generation, TTL, bin ops) ─► read: reply
+//!                              │ write / durable delete
+//!                              ▼
+//!   encode into this core's open buffer under the sprig lock, only if the
+//!   index still holds the version we read (else start over); count the new
+//!   bytes, release the old ─► reply (or, with commit-to-device, park until
+//!   the flush that covers it completes)
+//! ```
+//!
+//! Flushes: an open buffer is written when it is full, when its oldest
+//! unwritten record is `flush-max-ms` old, or at every poll with
+//! commit-to-device (group commit). The first write of a write block covers
+//! all of it (zeros past the data, so no bytes of its previous life remain);
+//! later ones cover the new data, and the next record starts on the next
+//! minimum-I/O boundary, so a flush never rewrites bytes an earlier flush
+//! made durable.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use super::namespace::{Block, Namespace};
+use crate::device::{Completion, IoKind, IoOp, Queue, SubmitError};
+use crate::index::{Change, IndexRecord, Location};
+use crate::ops::{self, Outcome, ReplyBin};
+use crate::record::{self, Record, RBLOCK_BYTES};
+use crate::result::ResultCode;
+
+/// A single-record transaction.
+#[derive(Clone, Debug)]
+pub struct Transaction {
+    /// The request, digest included.
+    pub request: ops::Request,
+    /// A delete that leaves a tombstone on flash, so that no older image of
+    /// the record can come back at a cold start.
+    pub durable_delete: bool,
+}
+
+/// What the client is told.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    pub result: ResultCode,
+    pub generation: u16,
+    pub void_time: u32,
+    pub bins: Vec<ReplyBin>,
+}
+
+impl Reply {
+    fn code(result: ResultCode) -> Reply {
+        Reply {
+            result,
+            generation: 0,
+            void_time: 0,
+            bins: Vec::new(),
+        }
+    }
+}
+
+/// A transaction restarts from the index when the record changed under it;
+/// past this many restarts it answers "key busy" (14).
+const MAX_RESTARTS: u8 = 16;
+const WRITE_RETRIES: u8 = 3;
+
+struct OpenBuffer {
+    wblock: u32,
+    block: Arc<Block>,
+    /// Bytes holding records (plus padding after each flush).
+    used: usize,
+    /// Bytes already handed to the device.
+    flushed: usize,
+    /// When the oldest unflushed record went in.
+    dirty_since: Option<Instant>,
+    writes_in_flight: usize,
+}
+
+enum Parked {
+    Read {
+        txn_id: u64,
+        txn: Transaction,
+        seen: IndexRecord,
+        skip: usize,
+        len: usize,
+        restarts: u8,
+    },
+    Write {
+        device: usize,
+        wblock: u32,
+        end: usize,
+        bytes: u64,
+        op_retries: u8,
+    },
+    /// A device cache flush after a commit-to-device write: only its
+    /// completion makes the write durable against a power cut.
+    Flush {
+        device: usize,
+        wblock: u32,
+        end: usize,
+    },
+}
+
+struct CommitWaiter {
+    txn_id: u64,
+    device: usize,
+    wblock: u32,
+    end: usize,
+    reply: Reply,
+}
+
+/// The storage state of one service core.
+pub struct CoreStorage {
+    ns: Arc<Namespace>,
+    queues: Vec<Box<dyn Queue>>,
+    open: Vec<Option<OpenBuffer>>,
+    /// Buffers no longer appended to, waiting for their last writes.
+    retiring: Vec<(usize, OpenBuffer)>,
+    parked: HashMap<u64, Parked>,
+    /// Ops a queue refused as full, with their device, retried in order at
+    /// the next poll.
+    unsubmitted: Vec<(usize, IoOp)>,
+    next_token: u64,
+    completions: Vec<Completion>,
+    ready: Vec<(u64, Reply)>,
+    commit_waiters: Vec<CommitWaiter>,
+    /// Per device: (write block, bytes durable from its start).
+    durable: Vec<HashMap<u32, usize>>,
+    backlog_bytes: Vec<u64>,
+}
+
+impl CoreStorage {
+    pub fn new(ns: Arc<Namespace>) -> Result<CoreStorage, crate::device::SetupError> {
+        let mut queues = Vec::with_capacity(ns.devices.len());
+        for slot in &ns.devices {
+            queues.push(slot.device.open_queue()?);
+        }
+        let n = ns.devices.len();
+        Ok(CoreStorage {
+            ns,
+            queues,
+            open: (0..n).map(|_| None).collect(),
+            retiring: Vec::new(),
+            parked: HashMap::new(),
+            unsubmitted: Vec::new(),
+            next_token: 1,
+            completions: Vec::new(),
+            ready: Vec::new(),
+            commit_waiters: Vec::new(),
+            durable: (0..n).map(|_| HashMap::new()).collect(),
+            backlog_bytes: vec![0; n],
+        })
+    }
+
+    pub fn namespace(&self) -> &Arc<Namespace> {
+        &self.ns
+    }
+
+    /// Starts a transaction; its reply comes out of [`CoreStorage::poll`]
+    /// (at once if it needed no device I/O).
+    pub fn submit(&mut self, txn_id: u64, txn: Transaction) {
+        self.start(txn_id, txn, 0);
+    }
+
+    /// Drives device completions and flush timers; moves finished replies
+    /// into `out`. Never blocks. Returns whether anything happened.
+    pub fn poll(&mut self, out: &mut Vec<(u64, Reply)>) -> bool {
+        let mut progressed = !self.ready.is_empty();
+        self.retry_unsubmitted();
+        self.flush_due();
+        for d in 0..self.queues.len() {
+            self.completions.clear();
+            let mut completions = std::mem::take(&mut self.completions);
+            if self.queues[d].poll(&mut completions, usize::MAX) > 0 {
+                progressed = true;
+            }
+            for c in completions.drain(..) {
+                self.complete(c);
+            }
+            self.completions = completions;
+        }
+        out.append(&mut self.ready);
+        progressed
+    }
+
+    /// Transactions and writes not finished yet.
+    pub fn busy(&self) -> bool {
+        !self.parked.is_empty() || !self.unsubmitted.is_empty() || !self.commit_waiters.is_empty()
+    }
+
+    /// Runs one transaction to its reply, polling (tests and tools; a
+    /// reactor calls `submit` and `poll` instead).
+    pub fn run(&mut self, txn: Transaction) -> Reply {
+        let id = self.next_token;
+        self.submit(id, txn);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        loop {
+            self.poll(&mut out);
+            if let Some(i) = out.iter().position(|(t, _)| *t == id) {
+                return out.swap_remove(i).1;
+            }
+            if Instant::now() > deadline {
+                return Reply::code(ResultCode::Timeout);
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Writes every open buffer and waits for all device work (shutdown).
+    pub fn flush_all(&mut self, timeout: Duration) -> Result<(), String> {
+        for d in 0..self.open.len() {
+            if let Some(buffer) = self.open[d].take() {
+                self.retiring.push((d, buffer));
+            }
+        }
+        self.settle_retiring();
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while self.busy() || !self.retiring.is_empty() {
+            self.poll(&mut out);
+            self.settle_retiring();
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} device operations still pending after {timeout:?}",
+                    self.parked.len()
+                ));
+            }
+            std::thread::yield_now();
+        }
+        self.ready.extend(out);
+        Ok(())
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn reply(&mut self, txn_id: u64, reply: Reply) {
+        self.ready.push((txn_id, reply));
+    }
+
+    // ---- transactions ---------------------------------------------------
+
+    fn start(&mut self, txn_id: u64, txn: Transaction, restarts: u8) {
+        if restarts > MAX_RESTARTS {
+            return self.reply(txn_id, Reply::code(ResultCode::KeyBusy));
+        }
+        let seen = self.ns.index.get(&txn.request.digest);
+        let Some(seen) = seen.filter(|r| needs_bins(&txn) && !r.tombstone) else {
+            let loaded = seen.map(|r| self.record_from_meta(&r));
+            return self.finish(txn_id, txn, loaded, seen, restarts);
+        };
+        let slot = &self.ns.devices[seen.location.device as usize];
+        let Some(wblock) = slot.wblocks.wblock_of(seen.location.rblock_id) else {
+            return self.reply(txn_id, Reply::code(ResultCode::ServerError));
+        };
+        let offset = seen.location.rblock_id * RBLOCK_BYTES as u64;
+        let in_block = (offset - slot.wblocks.offset_of(wblock)) as usize;
+        let len = seen.size_bytes() as usize;
+        if let Some(block) = slot.block(wblock) {
+            self.ns.stats.cache_hits.fetch_add(1, Relaxed);
+            let decoded = {
+                let bytes = block.bytes.read().unwrap_or_else(|e| e.into_inner());
+                record::decode(&bytes[in_block..in_block + len], Some(&txn.request.digest))
+            };
+            return self.loaded(txn_id, txn, seen, decoded.ok(), restarts);
+        }
+        // Read the smallest aligned span that covers the record.
+        let unit = u64::from(slot.device.info().min_io_bytes);
+        let start = offset / unit * unit;
+        let end = (offset + len as u64).div_ceil(unit) * unit;
+        let buffer = match slot.device.alloc_buffer((end - start) as usize) {
+            Ok(b) => b,
+            Err(_) => return self.reply(txn_id, Reply::code(ResultCode::ServerError)),
+        };
+        let token = self.token();
+        self.ns.stats.device_reads.fetch_add(1, Relaxed);
+        let device = seen.location.device as usize;
+        self.parked.insert(
+            token,
+            Parked::Read {
+                txn_id,
+                txn,
+                seen,
+                skip: (offset - start) as usize,
+                len,
+                restarts,
+            },
+        );
+        if self
+            .submit_io(
+                device,
+                IoOp {
+                    kind: IoKind::Read,
+                    offset: start,
+                    buffer,
+                    token,
+                },
+            )
+            .is_err()
+        {
+            // The index points outside the device: corrupt metadata.
+            self.parked.remove(&token);
+            self.reply(txn_id, Reply::code(ResultCode::ServerError));
+        }
+    }
+
+    /// A record's bins arrived (or failed to decode).
+    fn loaded(
+        &mut self,
+        txn_id: u64,
+        txn: Transaction,
+        seen: IndexRecord,
+        image: Option<Record>,
+        restarts: u8,
+    ) {
+        let still = self.ns.index.get(&txn.request.digest);
+        if still.map(|r| (r.location, r.generation)) != Some((seen.location, seen.generation)) {
+            // Moved (defrag) or rewritten meanwhile: the bytes we read may be
+            // another record's. Start again from the index.
+            self.ns.stats.read_retries.fetch_add(1, Relaxed);
+            return self.start(txn_id, txn, restarts + 1);
+        }
+        match image {
+            Some(record) => self.finish(txn_id, txn, Some(record), Some(seen), restarts),
+            None => {
+                self.ns.stats.checksum_failures.fetch_add(1, Relaxed);
+                self.reply(txn_id, Reply::code(ResultCode::ServerError));
+            }
+        }
+    }
+
+    /// A record known only from its index entry (no bins loaded).
+    fn record_from_meta(&self, r: &IndexRecord) -> Record {
+        Record {
+            digest: r.digest,
+            generation: r.generation,
+            void_time: r.void_time,
+            last_update_ms: r.last_update_ms,
+            set_name: self
+                .ns
+                .index
+                .set_name(r.set_id)
+                .unwrap_or_default()
+                .into_bytes(),
+            key: None,
+            tombstone: r.tombstone,
+            bins: Vec::new(),
+        }
+    }
+
+    fn finish(
+        &mut self,
+        txn_id: u64,
+        txn: Transaction,
+        loaded: Option<Record>,
+        seen: Option<IndexRecord>,
+        restarts: u8,
+    ) {
+        let clock = (self.ns.clock)();
+        let outcome = match ops::apply(
+            loaded.as_ref(),
+            &txn.request,
+            clock,
+            self.ns.config.default_ttl_s,
+        ) {
+            Ok(o) => o,
+            Err(code) => {
+                let mut reply = Reply::code(code);
+                if let Some(r) = loaded.as_ref().filter(|r| !r.tombstone) {
+                    reply.generation = r.generation;
+                }
+                return self.reply(txn_id, reply);
+            }
+        };
+        match outcome {
+            Outcome::Read {
+                bins,
+                generation,
+                void_time,
+            } => {
+                self.ns.stats.reads.fetch_add(1, Relaxed);
+                self.reply(
+                    txn_id,
+                    Reply {
+                        result: ResultCode::Ok,
+                        generation,
+                        void_time,
+                        bins,
+                    },
+                )
+            }
+            Outcome::Write { record, bins } => {
+                let reply = Reply {
+                    result: ResultCode::Ok,
+                    generation: record.generation,
+                    void_time: record.void_time,
+                    bins,
+                };
+                self.write(txn_id, txn, record, seen, reply, restarts)
+            }
+            Outcome::Delete { bins, generation } => {
+                let reply = Reply {
+                    result: ResultCode::Ok,
+                    generation,
+                    void_time: 0,
+                    bins,
+                };
+                if txn.durable_delete {
+                    let tombstone = Record {
+                        digest: txn.request.digest,
+                        generation: ops::next_generation(seen.map_or(0, |s| s.generation)),
+                        void_time: 0,
+                        last_update_ms: clock.now_ms,
+                        set_name: loaded.map(|r| r.set_name).unwrap_or_default(),
+                        key: None,
+                        tombstone: true,
+                        bins: Vec::new(),
+                    };
+                    self.write(txn_id, txn, tombstone, seen, reply, restarts)
+                } else {
+                    self.delete(txn_id, txn, seen, reply, restarts)
+                }
+            }
+        }
+    }
+
+    fn delete(
+        &mut self,
+        txn_id: u64,
+        txn: Transaction,
+        seen: Option<IndexRecord>,
+        reply: Reply,
+        restarts: u8,
+    ) {
+        let Some(seen) = seen else {
+            return self.reply(txn_id, reply);
+        };
+        let removed = self.ns.index.modify(&txn.request.digest, |cur| {
+            if (cur.location, cur.generation) != (seen.location, seen.generation) {
+                (Change::Keep, None)
+            } else {
+                (Change::Remove, Some(*cur))
+            }
+        });
+        match removed {
+            Some(Some(old)) => {
+                self.release(&old);
+                self.ns.stats.deletes.fetch_add(1, Relaxed);
+                self.reply(txn_id, reply);
+            }
+            // Changed or removed by another core meanwhile.
+            _ => self.start(txn_id, txn, restarts + 1),
+        }
+    }
+
+    fn write(
+        &mut self,
+        txn_id: u64,
+        txn: Transaction,
+        record: Record,
+        seen: Option<IndexRecord>,
+        reply: Reply,
+        restarts: u8,
+    ) {
+        let len = record.image_len();
+        let wb_bytes = self.ns.config.write_block_bytes as usize;
+        if len > wb_bytes {
+            return self.reply(txn_id, Reply::code(ResultCode::RecordTooBig));
+        }
+        let set_id = match std::str::from_utf8(&record.set_name) {
+            Ok("") => 0,
+            Ok(name) => match self.ns.index.set_id(name) {
+                Ok(id) => id,
+                Err(_) => return self.reply(txn_id, Reply::code(ResultCode::ParameterError)),
+            },
+            Err(_) => return self.reply(txn_id, Reply::code(ResultCode::ParameterError)),
+        };
+        let d = self.ns.device_for(&txn.request.digest);
+        if let Err(code) = self.make_room(d, len) {
+            return self.reply(txn_id, Reply::code(code));
+        }
+        let buffer = self.open[d].as_ref().expect("make_room opened a buffer");
+        let (wblock, at, block) = (buffer.wblock, buffer.used, buffer.block.clone());
+        let slot = &self.ns.devices[d];
+        let rblock_id = (slot.wblocks.offset_of(wblock) + at as u64) / RBLOCK_BYTES as u64;
+        let meta = IndexRecord {
+            digest: txn.request.digest,
+            location: Location {
+                device: d as u8,
+                rblock_id,
+                n_rblocks: (len / RBLOCK_BYTES) as u32,
+            },
+            generation: record.generation,
+            void_time: record.void_time,
+            last_update_ms: record.last_update_ms,
+            set_id,
+            tombstone: record.tombstone,
+            key_stored: record.key.is_some(),
+        };
+        // Count the bytes before the index can point at them: another core
+        // may replace the record (and release them) the moment it does.
+        slot.wblocks.add(wblock, len as u32);
+        let outcome = self.ns.index.update(&txn.request.digest, |cur| {
+            if cur.map(|c| (c.location, c.generation)) != seen.map(|s| (s.location, s.generation)) {
+                return (Change::Keep, Err(()));
+            }
+            let mut bytes = block.bytes.write().unwrap_or_else(|e| e.into_inner());
+            match record.encode_into(&mut bytes[at..at + len]) {
+                Ok(()) => (Change::Put(meta), Ok(cur.copied())),
+                Err(_) => (Change::Keep, Err(())),
+            }
+        });
+        match outcome {
+            Ok(Ok(old)) => {
+                let buffer = self.open[d].as_mut().expect("open buffer");
+                buffer.used += len;
+                buffer.dirty_since.get_or_insert_with(Instant::now);
+                if let Some(old) = old {
+                    self.release(&old);
+                }
+                if record.tombstone {
+                    self.ns.stats.deletes.fetch_add(1, Relaxed);
+                } else {
+                    self.ns.stats.writes.fetch_add(1, Relaxed);
+                }
+                if self.ns.config.commit_to_device {
+                    let end = at + len;
+                    self.commit_waiters.push(CommitWaiter {
+                        txn_id,
+                        device: d,
+                        wblock,
+                        end,
+                        reply,
+                    });
+                } else {
+                    self.reply(txn_id, reply);
+                }
+            }
+            Ok(Err(())) => {
+                // The record changed since we read it: start over.
+                slot.wblocks.release(wblock, len as u32);
+                self.start(txn_id, txn, restarts + 1);
+            }
+            Err(_) => {
+                slot.wblocks.release(wblock, len as u32);
+                self.reply(txn_id, Reply::code(ResultCode::ServerFull));
+            }
+        }
+    }
+
+    /// Releases the bytes of a replaced or removed record's old image.
+    fn release(&self, old: &IndexRecord) {
+        let slot = &self.ns.devices[old.location.device as usize];
+        if let Some(wb) = slot.wblocks.wblock_of(old.location.rblock_id) {
+            slot.wblocks.release(wb, old.size_bytes() as u32);
+        }
+    }
+
+    // ---- write buffers --------------------------------------------------
+
+    /// Makes sure device `d`'s open buffer has `len` bytes free.
+    fn make_room(&mut self, d: usize, len: usize) -> Result<(), ResultCode> {
+        let wb_bytes = self.ns.config.write_block_bytes as usize;
+        if self.open[d]
+            .as_ref()
+            .is_some_and(|b| b.used + len <= wb_bytes)
+        {
+            return Ok(());
+        }
+        if self.backlog_bytes[d] + wb_bytes as u64 > self.ns.config.max_write_cache_bytes {
+            self.ns.stats.overloads.fetch_add(1, Relaxed);
+            return Err(ResultCode::DeviceOverload);
+        }
+        let slot = &self.ns.devices[d];
+        let capacity = u64::from(slot.wblocks.count()) * u64::from(slot.wblocks.wblock_bytes());
+        if slot.wblocks.used_bytes() * 100 >= capacity * u64::from(self.ns.config.stop_writes_pct) {
+            self.ns.stats.stop_writes.fetch_add(1, Relaxed);
+            return Err(ResultCode::ServerFull);
+        }
+        // Retire the full buffer; `settle_retiring` writes what is left.
+        if let Some(buffer) = self.open[d].take() {
+            self.retiring.push((d, buffer));
+            self.settle_retiring();
+        }
+        let slot = &self.ns.devices[d];
+        let Some(wblock) = slot.wblocks.take_free() else {
+            self.ns.stats.stop_writes.fetch_add(1, Relaxed);
+            return Err(ResultCode::ServerFull);
+        };
+        let block = Arc::new(Block {
+            bytes: RwLock::new(vec![0u8; wb_bytes].into_boxed_slice()),
+        });
+        slot.set_block(wblock, Some(block.clone()));
+        self.durable[d].remove(&wblock);
+        self.open[d] = Some(OpenBuffer {
+            wblock,
+            block,
+            used: 0,
+            flushed: 0,
+            dirty_since: None,
+            writes_in_flight: 0,
+        });
+        Ok(())
+    }
+
+    /// Flushes the open buffers that are due.
+    fn flush_due(&mut self) {
+        let max_age = Duration::from_millis(self.ns.config.flush_max_ms);
+        let commit = self.ns.config.commit_to_device;
+        for d in 0..self.open.len() {
+            let due = self.open[d].as_ref().is_some_and(|b| {
+                b.used > b.flushed
+                    && (commit || b.dirty_since.is_some_and(|t| t.elapsed() >= max_age))
+            });
+            if due {
+                if let Some(mut buffer) = self.open[d].take() {
+                    self.flush(d, &mut buffer);
+                    self.open[d] = Some(buffer);
+                }
+            }
+        }
+        self.settle_retiring();
+    }
+
+    /// Submits a buffer's unwritten bytes, unless a write of it is still in
+    /// flight: two writes of one block in flight could land in either order,
+    /// and the first (whole-block) write would then zero newer records. The
+    /// next flush picks up whatever accumulated meanwhile (group commit).
+    /// The first write of a block covers all of it; the next record starts
+    /// on a fresh I/O unit.
+    fn flush(&mut self, d: usize, buffer: &mut OpenBuffer) {
+        if buffer.writes_in_flight > 0 || buffer.used <= buffer.flushed {
+            return;
+        }
+        let unit = self.ns.devices[d].device.info().min_io_bytes as usize;
+        let wb_bytes = self.ns.config.write_block_bytes as usize;
+        let end = buffer.used.div_ceil(unit) * unit;
+        let (start, write_end) = if buffer.flushed == 0 {
+            (0, wb_bytes)
+        } else {
+            (buffer.flushed, end)
+        };
+        let ns = Arc::clone(&self.ns);
+        let slot = &ns.devices[d];
+        let mut io = match slot.device.alloc_buffer(write_end - start) {
+            Ok(b) => b,
+            Err(_) => return self.fail_commits(d, buffer.wblock),
+        };
+        io.copy_from_slice(
+            &buffer.block.bytes.read().unwrap_or_else(|e| e.into_inner())[start..write_end],
+        );
+        buffer.flushed = end;
+        buffer.used = end;
+        buffer.dirty_since = None;
+        buffer.writes_in_flight += 1;
+        let token = self.token();
+        let bytes = (write_end - start) as u64;
+        self.backlog_bytes[d] += bytes;
+        let wblock = buffer.wblock;
+        self.parked.insert(
+            token,
+            Parked::Write {
+                device: d,
+                wblock,
+                end,
+                bytes,
+                op_retries: 0,
+            },
+        );
+        self.ns.stats.device_writes.fetch_add(1, Relaxed);
+        self.ns.stats.device_write_bytes.fetch_add(bytes, Relaxed);
+        let offset = slot.wblocks.offset_of(wblock) + start as u64;
+        if let Err((_, e)) = self.submit_io(
+            d,
+            IoOp {
+                kind: IoKind::Write,
+                offset,
+                buffer: io,
+                token,
+            },
+        ) {
+            // Our own write out of the device's range: a bug, but never
+            // acknowledge what is not on the device.
+            debug_assert!(false, "flush produced an invalid write: {e}");
+            self.parked.remove(&token);
+            self.backlog_bytes[d] -= bytes;
+            buffer.writes_in_flight -= 1;
+            self.fail_commits(d, wblock);
+        }
+    }
+
+    /// Retired buffers: write what is left; once their writes are all done
+    /// their blocks become `Used` (or free) and stay readable from the
+    /// post-write cache.
+    fn settle_retiring(&mut self) {
+        let mut i = 0;
+        while i < self.retiring.len() {
+            let (d, mut buffer) = self.retiring.swap_remove(i);
+            if buffer.used > buffer.flushed {
+                self.flush(d, &mut buffer);
+            }
+            if buffer.writes_in_flight == 0 && buffer.used <= buffer.flushed {
+                let slot = &self.ns.devices[d];
+                slot.cache_retired(buffer.wblock, &buffer.block);
+                slot.wblocks.close(buffer.wblock);
+                self.durable[d].remove(&buffer.wblock);
+            } else {
+                let last = self.retiring.len();
+                self.retiring.push((d, buffer));
+                self.retiring.swap(i, last);
+                i += 1;
+            }
+        }
+    }
+
+    /// Submits `op` on device `d`'s queue, or keeps it for the next poll
+    /// while the queue is full (in order). An op the device can never take
+    /// comes back.
+    fn submit_io(
+        &mut self,
+        d: usize,
+        op: IoOp,
+    ) -> Result<(), (IoOp, Box<crate::device::DeviceError>)> {
+        if !self.unsubmitted.is_empty() {
+            self.unsubmitted.push((d, op));
+            return Ok(());
+        }
+        match self.queues[d].submit(op) {
+            Ok(()) => Ok(()),
+            Err(SubmitError::Full(op)) => {
+                self.unsubmitted.push((d, op));
+                Ok(())
+            }
+            Err(SubmitError::Invalid(op, e)) => Err((op, e)),
+        }
+    }
+
+    fn retry_unsubmitted(&mut self) {
+        let pending = std::mem::take(&mut self.unsubmitted);
+        let mut full = false;
+        for (d, op) in pending {
+            if full {
+                self.unsubmitted.push((d, op));
+                continue;
+            }
+            match self.queues[d].submit(op) {
+                Ok(()) => {}
+                Err(SubmitError::Full(op)) => {
+                    full = true;
+                    self.unsubmitted.push((d, op));
+                }
+                Err(SubmitError::Invalid(op, e)) => {
+                    let c = Completion {
+                        token: op.token,
+                        kind: op.kind,
+                        offset: op.offset,
+                        buffer: op.buffer,
+                        result: Err(*e),
+                    };
+                    self.complete(c);
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, c: Completion) {
+        let Some(parked) = self.parked.remove(&c.token) else {
+            return;
+        };
+        match parked {
+            Parked::Read {
+                txn_id,
+                txn,
+                seen,
+                skip,
+                len,
+                restarts,
+            } => match c.result {
+                Ok(()) => {
+                    let image =
+                        record::decode(&c.buffer[skip..skip + len], Some(&txn.request.digest)).ok();
+                    self.loaded(txn_id, txn, seen, image, restarts);
+                }
+                Err(_) => self.reply(txn_id, Reply::code(ResultCode::ServerError)),
+            },
+            Parked::Write {
+                device,
+                wblock,
+                end,
+                bytes,
+                op_retries,
+            } => match c.result {
+                Ok(()) => {
+                    self.backlog_bytes[device] -= bytes;
+                    if self.ns.config.commit_to_device {
+                        // The drive may hold the data in a volatile cache:
+                        // flush it before anyone is told it is safe.
+                        let token = self.token();
+                        self.parked.insert(
+                            token,
+                            Parked::Flush {
+                                device,
+                                wblock,
+                                end,
+                            },
+                        );
+                        let op = IoOp {
+                            kind: IoKind::Flush,
+                            offset: 0,
+                            buffer: c.buffer,
+                            token,
+                        };
+                        if self.submit_io(device, op).is_err() {
+                            self.parked.remove(&token);
+                            self.written(device, wblock);
+                            self.fail_commits(device, wblock);
+                        }
+                    } else {
+                        self.made_durable(device, wblock, end);
+                    }
+                }
+                Err(_) if op_retries < WRITE_RETRIES => {
+                    let token = self.token();
+                    self.parked.insert(
+                        token,
+                        Parked::Write {
+                            device,
+                            wblock,
+                            end,
+                            bytes,
+                            op_retries: op_retries + 1,
+                        },
+                    );
+                    let op = IoOp {
+                        kind: IoKind::Write,
+                        offset: c.offset,
+                        buffer: c.buffer,
+                        token,
+                    };
+                    if self.submit_io(device, op).is_err() {
+                        self.parked.remove(&token);
+                        self.backlog_bytes[device] -= bytes;
+                        self.written(device, wblock);
+                        self.fail_commits(device, wblock);
+                    }
+                }
+                Err(_) => {
+                    // The device refuses the write: the records stay readable
+                    // from RAM, but are not durable. Commit waiters learn it.
+                    self.backlog_bytes[device] -= bytes;
+                    self.written(device, wblock);
+                    self.fail_commits(device, wblock);
+                }
+            },
+            Parked::Flush {
+                device,
+                wblock,
+                end,
+            } => match c.result {
+                Ok(()) => self.made_durable(device, wblock, end),
+                Err(_) => {
+                    self.written(device, wblock);
+                    self.fail_commits(device, wblock);
+                }
+            },
+        }
+    }
+
+    /// `end` bytes of the block are on the device: wake the commits they cover.
+    fn made_durable(&mut self, device: usize, wblock: u32, end: usize) {
+        let durable = self.durable[device].entry(wblock).or_insert(0);
+        *durable = (*durable).max(end);
+        let durable = *durable;
+        self.written(device, wblock);
+        let mut i = 0;
+        while i < self.commit_waiters.len() {
+            let w = &self.commit_waiters[i];
+            if w.device == device && w.wblock == wblock && w.end <= durable {
+                let w = self.commit_waiters.swap_remove(i);
+                self.ready.push((w.txn_id, w.reply));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn written(&mut self, device: usize, wblock: u32) {
+        for buffer in self.open[device].iter_mut().chain(
+            self.retiring
+                .iter_mut()
+                .filter(|(d, _)| *d == device)
+                .map(|(_, b)| b),
+        ) {
+            if buffer.wblock == wblock {
+                buffer.writes_in_flight -= 1;
+                return;
+            }
+        }
+    }
+
+    fn fail_commits(&mut self, device: usize, wblock: u32) {
+        let mut i = 0;
+        while i < self.commit_waiters.len() {
+            if self.commit_waiters[i].device == device && self.commit_waiters[i].wblock == wblock {
+                let w = self.commit_waiters.swap_remove(i);
+                self.ready
+                    .push((w.txn_id, Reply::code(ResultCode::ServerError)));
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Whether a transaction needs the stored record (bins and key), not just
+/// its index entry: every write does (a replace must keep a stored key, a
+/// touch rewrites the bins), reads unless they ask for the header only.
+fn needs_bins(txn: &Transaction) -> bool {
+    let r = &txn.request;
+    if r.delete {
+        return false;
+    }
+    r.writes() || !r.header_only
+}

@@ -1,0 +1,744 @@
+//! A namespace's storage: its devices, their write-block tables and
+//! post-write caches, and the index — everything the cores share — plus
+//! start-up (warm or cold) and clean shutdown.
+//!
+//! Start-up:
+//! 1. Read every device's header. A blank device is formatted; one that
+//!    belongs to another namespace, position or format is refused unless
+//!    `cold_start_empty` says to erase it.
+//! 2. If every device says "clean shutdown" with one shutdown id, try to
+//!    attach the shared-memory index with that id (warm). The attach walk
+//!    rebuilds each write block's in-use bytes from the index.
+//! 3. Otherwise (or if the index refuses) build the index from the devices:
+//!    scan every write block of every device in parallel, keep the newest
+//!    image of each digest (generation, then last-update time), then drop
+//!    expired and truncated winners.
+//! 4. Before serving, write every header back untrusted, so that a crash
+//!    from here on forces the next start to be cold.
+//!
+//! Shutdown (with every core's [`CoreStorage`](super::core::CoreStorage)
+//! flushed): write headers trusted with a new shutdown id, then mark the
+//! index trusted with the same id.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::header::{self, DeviceHeader, Expected, HeaderError, HEADER_REGION_BYTES};
+use super::wblocks::WblockTable;
+use crate::device::{Device, IoKind, IoOp, Queue};
+use crate::digest::Digest;
+use crate::index::{Change, Index, IndexConfig, IndexError, IndexRecord, Location, Refusal, Start};
+use crate::ops::Clock;
+use crate::record::{self, RBLOCK_BYTES};
+
+/// Storage settings of one namespace.
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    pub namespace: String,
+    pub write_block_bytes: u32,
+    /// Written write blocks kept in RAM per device, for reads without I/O.
+    pub post_write_cache_blocks: u32,
+    /// Bytes of buffers submitted to a device and not yet written, per
+    /// core and device; past it writes fail with "device overload".
+    pub max_write_cache_bytes: u64,
+    pub flush_max_ms: u64,
+    pub defrag_lwm_pct: u32,
+    /// Reply to a write only once it is on the device.
+    pub commit_to_device: bool,
+    /// Refuse writes ("server full") when this much of the device is used.
+    pub stop_writes_pct: u32,
+    /// Erase devices that belong to something else instead of refusing.
+    pub cold_start_empty: bool,
+    pub default_ttl_s: u32,
+    /// Threads for the cold-start scan (one device per thread at a time).
+    pub scan_threads: usize,
+}
+
+impl StorageConfig {
+    pub fn new(namespace: &str) -> StorageConfig {
+        StorageConfig {
+            namespace: namespace.to_string(),
+            write_block_bytes: 1 << 20,
+            post_write_cache_blocks: 64,
+            max_write_cache_bytes: 64 << 20,
+            flush_max_ms: 1000,
+            defrag_lwm_pct: 50,
+            commit_to_device: false,
+            stop_writes_pct: 90,
+            cold_start_empty: false,
+            default_ttl_s: 0,
+            scan_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let wb = self.write_block_bytes;
+        if !wb.is_power_of_two() || !((128 << 10)..=(8 << 20)).contains(&wb) {
+            return Err(format!(
+                "write-block-size {wb} must be a power of two from 128 KiB to 8 MiB"
+            ));
+        }
+        if self.defrag_lwm_pct > 99 {
+            return Err(format!(
+                "defrag-lwm-pct {} must be in 0..=99",
+                self.defrag_lwm_pct
+            ));
+        }
+        if !(1..=100).contains(&self.stop_writes_pct) {
+            return Err(format!(
+                "stop-writes-pct {} must be in 1..=100",
+                self.stop_writes_pct
+            ));
+        }
+        if self.max_write_cache_bytes < u64::from(wb) {
+            return Err(format!(
+                "max-write-cache {} must hold at least one write block",
+                self.max_write_cache_bytes
+            ));
+        }
+        if self.namespace.is_empty() || self.namespace.len() > 31 {
+            return Err(format!(
+                "namespace name {:?} must be 1..=31 bytes",
+                self.namespace
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A written (or being written) write block held in RAM: the open buffer of
+/// a core, then a post-write cache entry. Readers on any core copy records
+/// out under the read lock; only the owning core appends.
+pub struct Block {
+    pub(crate) bytes: RwLock<Box<[u8]>>,
+}
+
+/// One device of the namespace and its shared state.
+pub struct DeviceSlot {
+    pub device: Arc<dyn Device>,
+    pub wblocks: WblockTable,
+    /// Per write block: its RAM copy while open or post-write cached.
+    pub(crate) blocks: Box<[Mutex<Option<Arc<Block>>>]>,
+    /// Cached (retired) write blocks, oldest first.
+    cache_order: Mutex<VecDeque<(u32, Arc<Block>)>>,
+    cache_capacity: usize,
+    pub(crate) header: Mutex<DeviceHeader>,
+}
+
+impl DeviceSlot {
+    pub(crate) fn block(&self, wblock: u32) -> Option<Arc<Block>> {
+        lock(&self.blocks[wblock as usize]).clone()
+    }
+
+    pub(crate) fn set_block(&self, wblock: u32, block: Option<Arc<Block>>) {
+        *lock(&self.blocks[wblock as usize]) = block;
+    }
+
+    /// Keeps a retired write block readable from RAM, evicting the oldest.
+    /// An evicted block is dropped from its slot only if the slot still holds
+    /// it: the write block may have been freed and reopened by a writer since.
+    pub(crate) fn cache_retired(&self, wblock: u32, block: &Arc<Block>) {
+        let evicted = {
+            let mut order = lock(&self.cache_order);
+            order.push_back((wblock, block.clone()));
+            if order.len() > self.cache_capacity {
+                order.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some((old, old_block)) = evicted {
+            let mut slot = lock(&self.blocks[old as usize]);
+            if slot.as_ref().is_some_and(|b| Arc::ptr_eq(b, &old_block)) {
+                *slot = None;
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counters summed over the cores.
+#[derive(Default)]
+pub struct StorageStats {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub deletes: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub device_reads: AtomicU64,
+    pub device_writes: AtomicU64,
+    pub device_write_bytes: AtomicU64,
+    pub checksum_failures: AtomicU64,
+    pub read_retries: AtomicU64,
+    pub overloads: AtomicU64,
+    pub stop_writes: AtomicU64,
+}
+
+/// How the namespace started, for the log.
+#[derive(Debug, Clone)]
+pub enum StartKind {
+    Warm { entries: u64 },
+    Cold { reason: String, scan: ScanSummary },
+}
+
+/// What a cold start found on the devices.
+#[derive(Debug, Clone, Default)]
+pub struct ScanSummary {
+    pub records_read: u64,
+    pub unique: u64,
+    pub replaced: u64,
+    pub older: u64,
+    pub expired: u64,
+    pub truncated: u64,
+    pub bad_images: u64,
+    pub bytes_scanned: u64,
+    pub elapsed: Duration,
+}
+
+/// Why storage could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Config(String),
+    Index(IndexError),
+    /// A device belongs to something else; the message names the field.
+    Device(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "storage config: {e}"),
+            StartError::Index(e) => write!(f, "{e}"),
+            StartError::Device(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The clock the engine reads (seconds and ms since 2010-01-01); tests
+/// replace it to make records expire.
+pub type ClockSource = Arc<dyn Fn() -> Clock + Send + Sync>;
+
+/// The system clock in the Citrusleaf epoch.
+pub fn system_clock() -> Clock {
+    const CITRUSLEAF_EPOCH_UNIX_S: u64 = 1_262_304_000;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ms = (unix.as_millis() as u64).saturating_sub(CITRUSLEAF_EPOCH_UNIX_S * 1000);
+    Clock {
+        now_s: (ms / 1000) as u32,
+        now_ms: ms,
+    }
+}
+
+/// A namespace's shared storage state.
+pub struct Namespace {
+    pub config: StorageConfig,
+    pub index: Index,
+    pub devices: Vec<DeviceSlot>,
+    pub stats: StorageStats,
+    pub clock: ClockSource,
+}
+
+const START_IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Write blocks read at once per device during a cold scan.
+const SCAN_DEPTH: usize = 8;
+
+impl Namespace {
+    /// Starts the namespace on `devices` (its config order is the device
+    /// index). See the module doc for the steps.
+    pub fn open(
+        config: StorageConfig,
+        index_config: &IndexConfig,
+        devices: Vec<Arc<dyn Device>>,
+        clock: ClockSource,
+    ) -> Result<(Namespace, StartKind), StartError> {
+        config.validate().map_err(StartError::Config)?;
+        if devices.is_empty() || devices.len() > 255 {
+            return Err(StartError::Config(format!(
+                "{} devices; 1..=255 allowed",
+                devices.len()
+            )));
+        }
+        let count = devices.len() as u32;
+        let mut headers = Vec::with_capacity(devices.len());
+        let mut instance_id = None;
+        for (i, device) in devices.iter().enumerate() {
+            let mut queue = device
+                .open_queue()
+                .map_err(|e| StartError::Device(e.to_string()))?;
+            let read = header::read_header(&**device, &mut *queue)
+                .map_err(|e| StartError::Device(e.to_string()))?;
+            let expected = Expected {
+                namespace: config.namespace.clone(),
+                device_index: i as u32,
+                device_count: count,
+                write_block_bytes: config.write_block_bytes,
+                device_bytes: device.info().size_bytes,
+                instance_id,
+            };
+            let found = match read {
+                Ok(h) => match h.check(&expected) {
+                    Ok(()) => Some(h),
+                    Err(_) if config.cold_start_empty => None,
+                    Err(mismatch) => return Err(StartError::Device(mismatch.to_string())),
+                },
+                Err(HeaderError::Blank) => None,
+                Err(e) if config.cold_start_empty => {
+                    let _ = e;
+                    None
+                }
+                Err(e) => {
+                    return Err(StartError::Device(format!(
+                    "device {}: unreadable header ({e}); set cold-start-empty = true to erase it",
+                    device.info().name
+                )))
+                }
+            };
+            if let Some(h) = &found {
+                instance_id.get_or_insert(h.instance_id);
+            }
+            headers.push(found);
+        }
+        // Devices without a usable header are (re)formatted into the
+        // namespace's instance. Any such device makes the start cold.
+        let instance_id = instance_id.unwrap_or_else(header::new_instance_id);
+        let all_formatted = headers.iter().all(Option::is_some);
+        let shutdown_ids: Vec<Option<u64>> = headers
+            .iter()
+            .map(|h| h.as_ref().filter(|h| h.trusted).map(|h| h.shutdown_id))
+            .collect();
+        let warm_id = match shutdown_ids.first() {
+            Some(Some(id)) if all_formatted && shutdown_ids.iter().all(|s| *s == Some(*id)) => {
+                Some(*id)
+            }
+            _ => None,
+        };
+        let mut slots = Vec::with_capacity(devices.len());
+        for (i, (device, found)) in devices.into_iter().zip(headers).enumerate() {
+            let size = device.info().size_bytes;
+            let header = found.unwrap_or_else(|| DeviceHeader {
+                sequence: 0,
+                namespace: config.namespace.clone(),
+                device_index: i as u32,
+                device_count: count,
+                instance_id,
+                write_block_bytes: config.write_block_bytes,
+                device_bytes: size,
+                trusted: false,
+                shutdown_id: 0,
+                truncations: Vec::new(),
+            });
+            let wblocks = WblockTable::new(
+                HEADER_REGION_BYTES,
+                size,
+                config.write_block_bytes,
+                config.defrag_lwm_pct,
+            )
+            .map_err(|e| StartError::Device(format!("device {}: {e}", device.info().name)))?;
+            let n = wblocks.count() as usize;
+            slots.push(DeviceSlot {
+                device,
+                wblocks,
+                blocks: (0..n).map(|_| Mutex::new(None)).collect(),
+                cache_order: Mutex::new(VecDeque::new()),
+                cache_capacity: config.post_write_cache_blocks as usize,
+                header: Mutex::new(header),
+            });
+        }
+
+        // Warm if possible: the attach walk rebuilds write-block usage.
+        let rebuild = |r: &IndexRecord| {
+            let slot = &slots[r.location.device as usize];
+            if let Some(wb) = slot.wblocks.wblock_of(r.location.rblock_id) {
+                slot.wblocks.add(wb, r.size_bytes() as u32);
+            }
+        };
+        let (index, start) = match warm_id {
+            Some(id) => Index::open(index_config, Some(id), &rebuild).map_err(StartError::Index)?,
+            None => (
+                Index::create(index_config).map_err(StartError::Index)?,
+                Start::Cold(Refusal::NotTrusted),
+            ),
+        };
+        let mut namespace = Namespace {
+            config,
+            index,
+            devices: slots,
+            stats: StorageStats::default(),
+            clock,
+        };
+        let kind = match start {
+            Start::Warm(summary) => StartKind::Warm {
+                entries: summary.entries,
+            },
+            Start::Cold(refusal) => {
+                let reason = if warm_id.is_none() {
+                    if all_formatted {
+                        "the devices were not shut down cleanly".to_string()
+                    } else {
+                        "some devices were blank or erased".to_string()
+                    }
+                } else {
+                    format!("the index was refused: {refusal}")
+                };
+                // A refused warm attach may have counted usage already.
+                for slot in &mut namespace.devices {
+                    let fresh = WblockTable::new(
+                        HEADER_REGION_BYTES,
+                        slot.device.info().size_bytes,
+                        namespace.config.write_block_bytes,
+                        namespace.config.defrag_lwm_pct,
+                    )
+                    .map_err(StartError::Device)?;
+                    slot.wblocks = fresh;
+                }
+                let scan = namespace.cold_scan()?;
+                StartKind::Cold { reason, scan }
+            }
+        };
+        for slot in &namespace.devices {
+            slot.wblocks.settle_after_load();
+        }
+        namespace.write_headers(false, 0)?;
+        Ok((namespace, kind))
+    }
+
+    /// Writes every device's header (trusted with `shutdown_id`, or untrusted).
+    fn write_headers(&self, trusted: bool, shutdown_id: u64) -> Result<(), StartError> {
+        for slot in &self.devices {
+            let mut queue = slot
+                .device
+                .open_queue()
+                .map_err(|e| StartError::Device(e.to_string()))?;
+            let mut h = lock(&slot.header);
+            h.trusted = trusted;
+            h.shutdown_id = shutdown_id;
+            header::write_header(&*slot.device, &mut *queue, &mut h)
+                .map_err(|e| StartError::Device(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Which device holds `digest`: bits the partition and sprig choice do
+    /// not use, so devices fill evenly within every partition.
+    pub fn device_for(&self, digest: &Digest) -> usize {
+        let d = &digest.0;
+        u32::from_le_bytes([d[4], d[5], d[6], d[7]]) as usize % self.devices.len()
+    }
+
+    /// Marks everything trusted after a clean shutdown. Every core must have
+    /// flushed and dropped its `CoreStorage` first.
+    pub fn shutdown(self) -> Result<u64, StartError> {
+        let id = header::new_instance_id() | 1;
+        self.write_headers(true, id)?;
+        self.index.mark_trusted(id);
+        Ok(id)
+    }
+
+    /// The truncation cutoff (ms) that applies to `set_name`, if any.
+    pub fn truncated_before(&self, set_name: &[u8]) -> u64 {
+        let mut cutoff = 0;
+        for slot in self.devices.iter().take(1) {
+            for t in &lock(&slot.header).truncations {
+                let applies = match &t.set_name {
+                    None => true,
+                    Some(s) => s.as_bytes() == set_name,
+                };
+                if applies {
+                    cutoff = cutoff.max(t.before_ms);
+                }
+            }
+        }
+        cutoff
+    }
+
+    /// Builds the index from the devices (cold start).
+    fn cold_scan(&self) -> Result<ScanSummary, StartError> {
+        let started = Instant::now();
+        let totals = Mutex::new(ScanSummary::default());
+        let next_device = AtomicU64::new(0);
+        let failure = Mutex::new(None::<String>);
+        let threads = self.config.scan_threads.clamp(1, self.devices.len());
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    let d = next_device.fetch_add(1, Relaxed) as usize;
+                    if d >= self.devices.len() {
+                        return;
+                    }
+                    match self.scan_device(d) {
+                        Ok(s) => {
+                            let mut t = lock(&totals);
+                            t.records_read += s.records_read;
+                            t.unique += s.unique;
+                            t.replaced += s.replaced;
+                            t.older += s.older;
+                            t.bad_images += s.bad_images;
+                            t.bytes_scanned += s.bytes_scanned;
+                        }
+                        Err(e) => {
+                            *lock(&failure) = Some(e);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = lock(&failure).take() {
+            return Err(StartError::Device(e));
+        }
+        let mut summary = totals.into_inner().unwrap_or_else(|e| e.into_inner());
+        let (expired, truncated) = self.drop_dead_winners();
+        summary.unique -= expired + truncated;
+        summary.expired = expired;
+        summary.truncated = truncated;
+        summary.elapsed = started.elapsed();
+        Ok(summary)
+    }
+
+    /// Reads every write block of device `d` and offers its records to the
+    /// index, newest image winning.
+    fn scan_device(&self, d: usize) -> Result<ScanSummary, String> {
+        let slot = &self.devices[d];
+        let info = slot.device.info().clone();
+        let wb_bytes = self.config.write_block_bytes as usize;
+        let unit = info.min_io_bytes as usize;
+        let mut queue: Box<dyn Queue> = slot.device.open_queue().map_err(|e| e.to_string())?;
+        let mut summary = ScanSummary::default();
+        let count = slot.wblocks.count();
+        let mut next = 0u32;
+        let mut in_flight = 0usize;
+        let mut free_buffers = Vec::new();
+        let mut done = Vec::new();
+        let deadline = Instant::now() + START_IO_TIMEOUT;
+        while next < count || in_flight > 0 {
+            while next < count && in_flight < SCAN_DEPTH {
+                let buffer = match free_buffers.pop() {
+                    Some(b) => b,
+                    None => slot
+                        .device
+                        .alloc_buffer(wb_bytes)
+                        .map_err(|e| e.to_string())?,
+                };
+                let op = IoOp {
+                    kind: IoKind::Read,
+                    offset: slot.wblocks.offset_of(next),
+                    buffer,
+                    token: u64::from(next),
+                };
+                match queue.submit(op) {
+                    Ok(()) => {
+                        next += 1;
+                        in_flight += 1;
+                    }
+                    Err(crate::device::SubmitError::Full(op)) => {
+                        free_buffers.push(op.buffer);
+                        break;
+                    }
+                    Err(crate::device::SubmitError::Invalid(_, e)) => return Err(e.to_string()),
+                }
+            }
+            done.clear();
+            if queue.poll(&mut done, usize::MAX) == 0 {
+                if Instant::now() > deadline {
+                    return Err(format!("device {}: cold scan reads stalled", info.name));
+                }
+                std::thread::yield_now();
+                continue;
+            }
+            for completion in done.drain(..) {
+                in_flight -= 1;
+                completion.result.map_err(|e| format!("cold scan: {e}"))?;
+                let wblock = completion.token as u32;
+                summary.bytes_scanned += completion.buffer.len() as u64;
+                self.scan_block(d, wblock, &completion.buffer, unit, &mut summary);
+                free_buffers.push(completion.buffer);
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Offers the records of one write block to the index. Records start at
+    /// 16-byte steps; a flush pads to the device's minimum I/O unit, so a
+    /// blank or bad image mid-unit skips to the next unit, and one at a unit
+    /// start ends the block's data.
+    fn scan_block(
+        &self,
+        d: usize,
+        wblock: u32,
+        bytes: &[u8],
+        unit: usize,
+        summary: &mut ScanSummary,
+    ) {
+        let slot = &self.devices[d];
+        let base_rblock = slot.wblocks.offset_of(wblock) / RBLOCK_BYTES as u64;
+        let mut at = 0usize;
+        while at + record::IMAGE_HEADER_BYTES <= bytes.len() {
+            let image = match record::peek_image_len(&bytes[at..]) {
+                Some(len) if at + len <= bytes.len() => {
+                    record::decode(&bytes[at..at + len], None).ok()
+                }
+                _ => None,
+            };
+            let Some(image) = image else {
+                if at % unit == 0 {
+                    if bytes[at..at + RBLOCK_BYTES].iter().any(|&b| b != 0) {
+                        summary.bad_images += 1;
+                    }
+                    break;
+                }
+                at = at.div_ceil(unit) * unit;
+                continue;
+            };
+            let len = image.image_len();
+            summary.records_read += 1;
+            let candidate = IndexRecord {
+                digest: image.digest,
+                location: Location {
+                    device: d as u8,
+                    rblock_id: base_rblock + (at / RBLOCK_BYTES) as u64,
+                    n_rblocks: (len / RBLOCK_BYTES) as u32,
+                },
+                generation: image.generation,
+                void_time: image.void_time,
+                last_update_ms: image.last_update_ms,
+                set_id: if image.set_name.is_empty() {
+                    0
+                } else {
+                    std::str::from_utf8(&image.set_name)
+                        .ok()
+                        .and_then(|s| self.index.set_id(s).ok())
+                        .unwrap_or(0)
+                },
+                tombstone: image.tombstone,
+                key_stored: image.key.is_some(),
+            };
+            at += len;
+            let outcome = self.index.update(&image.digest, |old| match old {
+                Some(old) if !newer(&candidate, old) => (Change::Keep, Offer::Older),
+                Some(old) => (Change::Put(candidate), Offer::Replaced(*old)),
+                None => (Change::Put(candidate), Offer::New),
+            });
+            match outcome {
+                Ok(Offer::New) => {
+                    summary.unique += 1;
+                    self.count_in(&candidate);
+                }
+                Ok(Offer::Replaced(old)) => {
+                    summary.replaced += 1;
+                    self.count_out(&old);
+                    self.count_in(&candidate);
+                }
+                Ok(Offer::Older) => summary.older += 1,
+                Err(_) => summary.bad_images += 1,
+            }
+        }
+    }
+
+    fn count_in(&self, r: &IndexRecord) {
+        let slot = &self.devices[r.location.device as usize];
+        if let Some(wb) = slot.wblocks.wblock_of(r.location.rblock_id) {
+            slot.wblocks.add(wb, r.size_bytes() as u32);
+        }
+    }
+
+    fn count_out(&self, r: &IndexRecord) {
+        let slot = &self.devices[r.location.device as usize];
+        if let Some(wb) = slot.wblocks.wblock_of(r.location.rblock_id) {
+            slot.wblocks.release(wb, r.size_bytes() as u32);
+        }
+    }
+
+    /// After a scan: removes winners that are expired or truncated (they had
+    /// to win first, so that no older image of them survives).
+    fn drop_dead_winners(&self) -> (u64, u64) {
+        let clock = (self.clock)();
+        let mut dead = Vec::new();
+        let mut buffer = Vec::new();
+        for p in crate::partition::PartitionId::all() {
+            self.index.scan_partition(p, None, &mut buffer, |r| {
+                if crate::ops::is_expired(r.void_time, clock.now_s) {
+                    dead.push((*r, true));
+                } else {
+                    let set = self.index.set_name(r.set_id).unwrap_or_default();
+                    if r.last_update_ms < self.truncated_before(set.as_bytes()) {
+                        dead.push((*r, false));
+                    }
+                }
+                true
+            });
+        }
+        let (mut expired, mut truncated) = (0, 0);
+        for (r, is_expired) in dead {
+            if let Some(old) = self.index.remove(&r.digest) {
+                self.count_out(&old);
+                if is_expired {
+                    expired += 1;
+                } else {
+                    truncated += 1;
+                }
+            }
+        }
+        (expired, truncated)
+    }
+}
+
+enum Offer {
+    New,
+    Replaced(IndexRecord),
+    Older,
+}
+
+/// Whether image `a` is newer than `b`: generation first (wrapping, as a
+/// 16-bit sequence), then last-update time.
+fn newer(a: &IndexRecord, b: &IndexRecord) -> bool {
+    if a.generation != b.generation {
+        // Serial-number arithmetic: a is newer if it is ahead by less than half the space.
+        let ahead = a.generation.wrapping_sub(b.generation);
+        return ahead != 0 && ahead < 0x8000;
+    }
+    a.last_update_ms > b.last_update_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(generation: u16, lut: u64) -> IndexRecord {
+        IndexRecord {
+            generation,
+            last_update_ms: lut,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn newest_image_wins_by_generation_then_time() {
+        assert!(newer(&rec(2, 0), &rec(1, 9)));
+        assert!(!newer(&rec(1, 9), &rec(2, 0)));
+        assert!(newer(&rec(1, 10), &rec(1, 9)));
+        assert!(!newer(&rec(1, 9), &rec(1, 9)));
+        // Generation 1 after 65535 (it skips 0) is newer.
+        assert!(newer(&rec(1, 0), &rec(65535, 5)));
+    }
+
+    #[test]
+    fn config_errors_name_the_setting() {
+        let mut c = StorageConfig::new("test");
+        c.write_block_bytes = 3 << 20;
+        assert!(c.validate().unwrap_err().contains("write-block-size"));
+        let mut c = StorageConfig::new("test");
+        c.max_write_cache_bytes = 1;
+        assert!(c.validate().unwrap_err().contains("max-write-cache"));
+    }
+}

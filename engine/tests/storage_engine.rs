@@ -1,0 +1,506 @@
+//! The storage engine end to end on real device backends: transactions
+//! through `CoreStorage`, restarts (warm after a clean shutdown, cold after a
+//! crash), commit-to-device under crash injection, deletes, expiry.
+
+mod common;
+
+use common::{small_config, SegmentsGuard};
+use osprey_engine::device::memory::{Faults, MemoryDevice};
+use osprey_engine::device::uring::{UringDevice, UringOptions};
+use osprey_engine::device::Device;
+use osprey_engine::index::IndexConfig;
+use osprey_engine::ops::{Clock, ExistsAction, Op, Request, Ttl};
+use osprey_engine::record::{BinName, Value};
+use osprey_engine::result::ResultCode;
+use osprey_engine::storage::core::{CoreStorage, Reply, Transaction};
+use osprey_engine::storage::namespace::{
+    system_clock, ClockSource, Namespace, StartKind, StorageConfig,
+};
+use osprey_engine::{Digest, UserKey};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+
+fn storage_config() -> StorageConfig {
+    let mut c = StorageConfig::new("test");
+    c.write_block_bytes = 128 << 10;
+    c.flush_max_ms = 1;
+    c.post_write_cache_blocks = 4;
+    c
+}
+
+fn digest(n: u64) -> Digest {
+    Digest::compute("demo", &UserKey::Integer(n as i64))
+}
+
+fn bin(name: &str) -> BinName {
+    BinName::new(name.as_bytes()).unwrap()
+}
+
+fn put(n: u64, value: i64) -> Transaction {
+    Transaction {
+        request: Request {
+            digest: digest(n),
+            ops: vec![
+                Op::write(bin("a"), Value::Integer(value)),
+                Op::write(bin("s"), Value::String(vec![b'x'; 200])),
+            ],
+            set_name: b"demo".to_vec(),
+            ..Default::default()
+        },
+        durable_delete: false,
+    }
+}
+
+fn get(n: u64) -> Transaction {
+    Transaction {
+        request: Request {
+            digest: digest(n),
+            read_all_bins: true,
+            set_name: b"demo".to_vec(),
+            ..Default::default()
+        },
+        durable_delete: false,
+    }
+}
+
+fn delete(n: u64, durable: bool) -> Transaction {
+    Transaction {
+        request: Request {
+            digest: digest(n),
+            delete: true,
+            set_name: b"demo".to_vec(),
+            ..Default::default()
+        },
+        durable_delete: durable,
+    }
+}
+
+fn value_of(reply: &Reply) -> Option<i64> {
+    reply
+        .bins
+        .iter()
+        .find(|b| b.name == Some(bin("a")))
+        .and_then(|b| match b.value {
+            Some(Value::Integer(v)) => Some(v),
+            _ => None,
+        })
+}
+
+struct Fixture {
+    index: IndexConfig,
+    _guard: SegmentsGuard,
+    devices: Vec<Arc<dyn Device>>,
+    config: StorageConfig,
+    clock: ClockSource,
+}
+
+impl Fixture {
+    fn memory(n_devices: usize, config: StorageConfig) -> (Fixture, Vec<MemoryDevice>) {
+        let memory: Vec<MemoryDevice> = (0..n_devices)
+            .map(|i| MemoryDevice::new(&format!("mem{i}"), 16 * MIB, 4096, 64))
+            .collect();
+        let devices = memory
+            .iter()
+            .map(|m| Arc::new(m.clone()) as Arc<dyn Device>)
+            .collect();
+        let index = small_config(16);
+        let fixture = Fixture {
+            _guard: SegmentsGuard(index.clone()),
+            index,
+            devices,
+            config,
+            clock: Arc::new(system_clock),
+        };
+        (fixture, memory)
+    }
+
+    fn open(&self) -> (Arc<Namespace>, StartKind) {
+        let (ns, kind) = Namespace::open(
+            self.config.clone(),
+            &self.index,
+            self.devices.clone(),
+            self.clock.clone(),
+        )
+        .expect("start");
+        (Arc::new(ns), kind)
+    }
+
+    fn open_core(&self) -> (CoreStorage, StartKind) {
+        let (ns, kind) = self.open();
+        (CoreStorage::new(ns).unwrap(), kind)
+    }
+}
+
+/// Flushes the core and shuts the namespace down cleanly.
+fn shutdown(mut core: CoreStorage) {
+    core.flush_all(Duration::from_secs(10)).unwrap();
+    let ns = core.namespace().clone();
+    drop(core);
+    Arc::try_unwrap(ns)
+        .ok()
+        .expect("no other references")
+        .shutdown()
+        .unwrap();
+}
+
+/// Lets the flush timer fire and the writes complete, as a crash would find them.
+fn settle(core: &mut CoreStorage) {
+    let mut out = Vec::new();
+    for _ in 0..200 {
+        core.poll(&mut out);
+        std::thread::sleep(Duration::from_millis(1));
+        if !core.busy() {
+            core.poll(&mut out);
+        }
+    }
+}
+
+#[test]
+fn records_round_trip_and_a_clean_restart_is_warm() {
+    let (fx, _mem) = Fixture::memory(1, storage_config());
+    let (mut core, kind) = fx.open_core();
+    assert!(
+        matches!(kind, StartKind::Cold { .. }),
+        "first start formats: {kind:?}"
+    );
+    for n in 0..500 {
+        assert_eq!(core.run(put(n, n as i64)).result, ResultCode::Ok);
+    }
+    for n in 0..500 {
+        let r = core.run(get(n));
+        assert_eq!(
+            (r.result, r.generation, value_of(&r)),
+            (ResultCode::Ok, 1, Some(n as i64))
+        );
+    }
+    assert_eq!(core.run(get(9999)).result, ResultCode::KeyNotFound);
+    assert_eq!(core.run(put(7, 70)).generation, 2);
+    shutdown(core);
+
+    let (mut core, kind) = fx.open_core();
+    assert!(matches!(kind, StartKind::Warm { entries: 500 }), "{kind:?}");
+    for n in 0..500 {
+        let r = core.run(get(n));
+        let want = if n == 7 {
+            (2, Some(70))
+        } else {
+            (1, Some(n as i64))
+        };
+        assert_eq!(
+            (r.generation, value_of(&r)),
+            want,
+            "record {n} after a warm restart"
+        );
+    }
+    shutdown(core);
+}
+
+#[test]
+fn a_crash_restarts_cold_with_every_flushed_record() {
+    let (fx, _mem) = Fixture::memory(2, storage_config());
+    let (mut core, _) = fx.open_core();
+    for n in 0..2000 {
+        assert_eq!(core.run(put(n, n as i64)).result, ResultCode::Ok);
+    }
+    for n in 0..100 {
+        assert_eq!(core.run(put(n, -(n as i64))).result, ResultCode::Ok);
+    }
+    settle(&mut core);
+    drop(core); // no shutdown: the headers stay untrusted
+
+    let (mut core, kind) = fx.open_core();
+    let StartKind::Cold { scan, .. } = kind else {
+        panic!("a crash must force a cold start: {kind:?}")
+    };
+    assert_eq!(scan.unique, 2000);
+    assert_eq!(
+        scan.replaced + scan.older,
+        100,
+        "each overwritten key has one older image"
+    );
+    for n in 0..2000 {
+        let r = core.run(get(n));
+        let want = if n < 100 {
+            (2, Some(-(n as i64)))
+        } else {
+            (1, Some(n as i64))
+        };
+        assert_eq!(
+            (r.generation, value_of(&r)),
+            want,
+            "record {n} after a cold start"
+        );
+    }
+    shutdown(core);
+}
+
+#[test]
+fn reads_past_the_post_write_cache_go_to_the_device() {
+    let mut config = storage_config();
+    config.post_write_cache_blocks = 1;
+    let (fx, mem) = Fixture::memory(1, config);
+    let (mut core, _) = fx.open_core();
+    for n in 0..3000 {
+        core.run(put(n, n as i64));
+    }
+    settle(&mut core);
+    let reads_before = mem[0].stats().reads;
+    for n in 0..3000 {
+        assert_eq!(value_of(&core.run(get(n))), Some(n as i64));
+    }
+    let device_reads = mem[0].stats().reads - reads_before;
+    assert!(
+        device_reads > 2000,
+        "most records are only on the device: {device_reads} device reads"
+    );
+    shutdown(core);
+}
+
+#[test]
+fn a_corrupt_image_is_an_error_and_never_data() {
+    let mut config = storage_config();
+    config.post_write_cache_blocks = 1;
+    let (fx, mem) = Fixture::memory(1, config);
+    let (mut core, _) = fx.open_core();
+    for n in 0..3000 {
+        core.run(put(n, n as i64));
+    }
+    settle(&mut core);
+    // The first write block (records 0..) is long out of the cache.
+    mem[0].corrupt(8 * MIB + 100..8 * MIB + 101);
+    let r = core.run(get(0));
+    assert_eq!(r.result, ResultCode::ServerError);
+    assert!(r.bins.is_empty());
+    assert_eq!(
+        core.namespace()
+            .stats
+            .checksum_failures
+            .load(Ordering::Relaxed),
+        1
+    );
+    shutdown(core);
+}
+
+#[test]
+fn records_larger_than_a_write_block_are_refused() {
+    let (fx, _mem) = Fixture::memory(1, storage_config());
+    let (mut core, _) = fx.open_core();
+    let mut txn = put(1, 1);
+    txn.request.ops = vec![Op::write(bin("big"), Value::Blob(4, vec![0; 200 << 10]))];
+    assert_eq!(core.run(txn).result, ResultCode::RecordTooBig);
+    assert_eq!(core.run(get(1)).result, ResultCode::KeyNotFound);
+    shutdown(core);
+}
+
+#[test]
+fn acknowledged_commits_survive_a_power_cut_at_any_point() {
+    let mut config = storage_config();
+    config.commit_to_device = true;
+    let mut total_acked = 0;
+    for crash_after in [3u64, 7, 12, 20, 40] {
+        let (fx, mem) = Fixture::memory(1, config.clone());
+        let (mut core, _) = fx.open_core();
+        // From here: the drive has a volatile cache and dies after N ops.
+        mem[0].set_faults(Faults {
+            crash_after_ops: Some(crash_after),
+            torn_crash: true,
+            volatile_cache: true,
+            seed: crash_after,
+            ..Default::default()
+        });
+        let mut acked = Vec::new();
+        for n in 0..300 {
+            let r = core.run(put(n, n as i64 * 3));
+            if r.result == ResultCode::Ok {
+                acked.push(n);
+            }
+        }
+        assert!(mem[0].is_crashed(), "crash point {crash_after} was reached");
+        assert!(
+            acked.len() < 300,
+            "writes after the crash are not acknowledged"
+        );
+        total_acked += acked.len();
+        drop(core);
+        mem[0].power_cycle();
+        let (mut core, kind) = fx.open_core();
+        assert!(matches!(kind, StartKind::Cold { .. }));
+        for n in &acked {
+            assert_eq!(
+                value_of(&core.run(get(*n))),
+                Some(*n as i64 * 3),
+                "acked record {n} (crash after {crash_after})"
+            );
+        }
+        shutdown(core);
+    }
+    assert!(
+        total_acked >= 10,
+        "the crash points leave acknowledged writes to check ({total_acked})"
+    );
+}
+
+#[test]
+fn durable_deletes_stay_deleted_and_plain_deletes_may_return_after_a_cold_start() {
+    let (fx, _mem) = Fixture::memory(1, storage_config());
+    let (mut core, _) = fx.open_core();
+    for n in 0..10 {
+        core.run(put(n, n as i64));
+    }
+    settle(&mut core);
+    assert_eq!(core.run(delete(1, true)).result, ResultCode::Ok);
+    assert_eq!(core.run(delete(2, false)).result, ResultCode::Ok);
+    assert_eq!(core.run(delete(3, false)).result, ResultCode::Ok);
+    assert_eq!(core.run(delete(3, false)).result, ResultCode::KeyNotFound);
+    assert_eq!(core.run(get(1)).result, ResultCode::KeyNotFound);
+    assert_eq!(core.run(get(2)).result, ResultCode::KeyNotFound);
+    settle(&mut core);
+    drop(core);
+
+    let (mut core, _) = fx.open_core();
+    assert_eq!(
+        core.run(get(1)).result,
+        ResultCode::KeyNotFound,
+        "a durable delete survives a cold start"
+    );
+    // As in Aerospike: a plain delete only drops the index entry, so the
+    // record's image on flash comes back when the index is rebuilt.
+    assert_eq!(value_of(&core.run(get(2))), Some(2));
+    assert_eq!(value_of(&core.run(get(0))), Some(0));
+    // A tombstone is not a record: writing the key again starts a new life.
+    assert_eq!(core.run(put(1, 11)).result, ResultCode::Ok);
+    assert_eq!(value_of(&core.run(get(1))), Some(11));
+    shutdown(core);
+}
+
+#[test]
+fn expired_records_are_never_returned_and_are_dropped_by_a_cold_start() {
+    let (mut fx, _mem) = Fixture::memory(1, storage_config());
+    let now = Arc::new(AtomicU64::new(u64::from(system_clock().now_s)));
+    let clock_now = now.clone();
+    fx.clock = Arc::new(move || {
+        let s = clock_now.load(Ordering::Relaxed);
+        Clock {
+            now_s: s as u32,
+            now_ms: s * 1000,
+        }
+    });
+    let (mut core, _) = fx.open_core();
+    let mut short = put(1, 1);
+    short.request.ttl = Ttl::Seconds(10);
+    let r = core.run(short);
+    assert_eq!(r.void_time as u64, now.load(Ordering::Relaxed) + 10);
+    core.run(put(2, 2));
+    now.fetch_add(11, Ordering::Relaxed);
+    assert_eq!(core.run(get(1)).result, ResultCode::KeyNotFound);
+    assert_eq!(value_of(&core.run(get(2))), Some(2));
+    // Creating it again works (the expired record counts as absent).
+    let mut create = put(1, 5);
+    create.request.exists = ExistsAction::CreateOnly;
+    assert_eq!(core.run(create).result, ResultCode::Ok);
+    let mut short = put(3, 3);
+    short.request.ttl = Ttl::Seconds(10);
+    core.run(short);
+    settle(&mut core);
+    drop(core);
+    now.fetch_add(11, Ordering::Relaxed);
+    let (mut core, kind) = fx.open_core();
+    let StartKind::Cold { scan, .. } = kind else {
+        panic!("{kind:?}")
+    };
+    assert_eq!(scan.expired, 1, "record 3 expired while down");
+    assert_eq!(core.run(get(3)).result, ResultCode::KeyNotFound);
+    assert_eq!(value_of(&core.run(get(1))), Some(5));
+    shutdown(core);
+}
+
+#[test]
+fn devices_of_another_namespace_are_refused_unless_erasing_is_allowed() {
+    let (fx, _mem) = Fixture::memory(1, storage_config());
+    let (core, _) = fx.open_core();
+    shutdown(core);
+    let mut other = storage_config();
+    other.namespace = "other".into();
+    let err = Namespace::open(
+        other.clone(),
+        &fx.index,
+        fx.devices.clone(),
+        fx.clock.clone(),
+    )
+    .err()
+    .expect("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("namespace") && text.contains("cold-start-empty"),
+        "{text}"
+    );
+    other.cold_start_empty = true;
+    let (ns, kind) =
+        Namespace::open(other, &fx.index, fx.devices.clone(), fx.clock.clone()).expect("erased");
+    assert!(matches!(kind, StartKind::Cold { .. }));
+    assert_eq!(ns.index.len(), 0);
+}
+
+#[test]
+fn the_uring_backend_serves_and_restarts_warm_and_cold() {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("storage-{}.dat", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = Remove(path.clone());
+    let open_device = || -> Arc<dyn Device> {
+        Arc::new(
+            UringDevice::open(
+                &path,
+                &UringOptions {
+                    file_size_bytes: Some(32 * MIB),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        )
+    };
+    let index = small_config(16);
+    let _guard = SegmentsGuard(index.clone());
+    let mut config = storage_config();
+    config.post_write_cache_blocks = 1;
+    let start = |config: &StorageConfig| {
+        let (ns, kind) = Namespace::open(
+            config.clone(),
+            &index,
+            vec![open_device()],
+            Arc::new(system_clock),
+        )
+        .unwrap();
+        (CoreStorage::new(Arc::new(ns)).unwrap(), kind)
+    };
+    let (mut core, _) = start(&config);
+    for n in 0..3000 {
+        assert_eq!(core.run(put(n, n as i64)).result, ResultCode::Ok);
+    }
+    shutdown(core);
+    let (mut core, kind) = start(&config);
+    assert!(
+        matches!(kind, StartKind::Warm { entries: 3000 }),
+        "{kind:?}"
+    );
+    for n in (0..3000).step_by(7) {
+        assert_eq!(value_of(&core.run(get(n))), Some(n as i64));
+    }
+    core.run(put(5, 55));
+    settle(&mut core);
+    drop(core);
+    let (mut core, kind) = start(&config);
+    assert!(matches!(kind, StartKind::Cold { .. }), "{kind:?}");
+    assert_eq!(value_of(&core.run(get(5))), Some(55));
+    assert_eq!(value_of(&core.run(get(2999))), Some(2999));
+    shutdown(core);
+}
