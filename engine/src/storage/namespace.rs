@@ -161,7 +161,7 @@ impl DeviceSlot {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -414,7 +414,7 @@ impl Namespace {
     }
 
     /// Writes every device's header (trusted with `shutdown_id`, or untrusted).
-    fn write_headers(&self, trusted: bool, shutdown_id: u64) -> Result<(), StartError> {
+    pub(crate) fn write_headers(&self, trusted: bool, shutdown_id: u64) -> Result<(), StartError> {
         for slot in &self.devices {
             let mut queue = slot
                 .device
@@ -645,14 +645,14 @@ impl Namespace {
         }
     }
 
-    fn count_in(&self, r: &IndexRecord) {
+    pub(crate) fn count_in(&self, r: &IndexRecord) {
         let slot = &self.devices[r.location.device as usize];
         if let Some(wb) = slot.wblocks.wblock_of(r.location.rblock_id) {
             slot.wblocks.add(wb, r.size_bytes() as u32);
         }
     }
 
-    fn count_out(&self, r: &IndexRecord) {
+    pub(crate) fn count_out(&self, r: &IndexRecord) {
         let slot = &self.devices[r.location.device as usize];
         if let Some(wb) = slot.wblocks.wblock_of(r.location.rblock_id) {
             slot.wblocks.release(wb, r.size_bytes() as u32);
