@@ -373,6 +373,24 @@ fn durable_deletes_stay_deleted_and_plain_deletes_may_return_after_a_cold_start(
     // A tombstone is not a record: writing the key again starts a new life.
     assert_eq!(core.run(put(1, 11)).result, ResultCode::Ok);
     assert_eq!(value_of(&core.run(get(1))), Some(11));
+    // Regression: the re-created record starts again at generation 1, below
+    // its tombstone's; a cold start that ranked images by generation first
+    // brought the tombstone back and lost this acknowledged write. The same
+    // for a key re-created after a plain delete.
+    assert_eq!(core.run(put(2, 22)).result, ResultCode::Ok);
+    settle(&mut core);
+    drop(core);
+    let (mut core, _) = fx.open_core();
+    assert_eq!(
+        value_of(&core.run(get(1))),
+        Some(11),
+        "re-created after a durable delete"
+    );
+    assert_eq!(
+        value_of(&core.run(get(2))),
+        Some(22),
+        "re-created after a plain delete"
+    );
     shutdown(core);
 }
 

@@ -101,6 +101,8 @@ enum Parked {
         bytes: u64,
         op_retries: u8,
     },
+    /// Defrag's read of a whole write block.
+    DefragRead { device: usize, wblock: u32 },
     /// A device cache flush after a commit-to-device write: only its
     /// completion makes the write durable against a power cut.
     Flush {
@@ -108,6 +110,21 @@ enum Parked {
         wblock: u32,
         end: usize,
     },
+}
+
+/// A write block being defragmented: its live records were (or are being)
+/// copied out; it is freed once every copy is durable.
+struct DefragJob {
+    device: usize,
+    wblock: u32,
+    /// Copies not yet on the device: (device, write block, end offset).
+    waiting: Vec<(usize, u32, usize)>,
+    /// The block has been read and every record offered for moving.
+    moved: bool,
+    /// A read of the block is in flight.
+    reading: bool,
+    /// When to try again after running out of room to move records into.
+    retry_at: Instant,
 }
 
 struct CommitWaiter {
@@ -136,6 +153,7 @@ pub struct CoreStorage {
     /// Per device: (write block, bytes durable from its start).
     durable: Vec<HashMap<u32, usize>>,
     backlog_bytes: Vec<u64>,
+    defrag_jobs: Vec<DefragJob>,
 }
 
 impl CoreStorage {
@@ -158,6 +176,7 @@ impl CoreStorage {
             commit_waiters: Vec::new(),
             durable: (0..n).map(|_| HashMap::new()).collect(),
             backlog_bytes: vec![0; n],
+            defrag_jobs: Vec::new(),
         })
     }
 
@@ -188,13 +207,17 @@ impl CoreStorage {
             }
             self.completions = completions;
         }
+        self.defrag_tick();
         out.append(&mut self.ready);
         progressed
     }
 
     /// Transactions and writes not finished yet.
     pub fn busy(&self) -> bool {
-        !self.parked.is_empty() || !self.unsubmitted.is_empty() || !self.commit_waiters.is_empty()
+        !self.parked.is_empty()
+            || !self.unsubmitted.is_empty()
+            || !self.commit_waiters.is_empty()
+            || !self.defrag_jobs.is_empty()
     }
 
     /// Runs one transaction to its reply, polling (tests and tools; a
@@ -457,6 +480,7 @@ impl CoreStorage {
         match removed {
             Some(Some(old)) => {
                 self.release(&old);
+                self.ns.note_removed(old.last_update_ms);
                 self.ns.stats.deletes.fetch_add(1, Relaxed);
                 self.reply(txn_id, reply);
             }
@@ -469,11 +493,16 @@ impl CoreStorage {
         &mut self,
         txn_id: u64,
         txn: Transaction,
-        record: Record,
+        mut record: Record,
         seen: Option<IndexRecord>,
         reply: Reply,
         restarts: u8,
     ) {
+        // A new image must rank above every older image of the key at a cold
+        // start: strictly later than the stored one, or than any removed one.
+        record.last_update_ms = record
+            .last_update_ms
+            .max(self.ns.min_next_lut(seen.as_ref()));
         let len = record.image_len();
         let wb_bytes = self.ns.config.write_block_bytes as usize;
         if len > wb_bytes {
@@ -864,6 +893,11 @@ impl CoreStorage {
                     self.fail_commits(device, wblock);
                 }
             },
+            Parked::DefragRead { device, wblock } => match c.result {
+                Ok(()) => self.defrag_block(device, wblock, &c.buffer),
+                // Unreadable now: try again later; the block stays in defrag.
+                Err(_) => self.defrag_retry_later(device, wblock),
+            },
             Parked::Flush {
                 device,
                 wblock,
@@ -883,6 +917,10 @@ impl CoreStorage {
         let durable = self.durable[device].entry(wblock).or_insert(0);
         *durable = (*durable).max(end);
         let durable = *durable;
+        for job in &mut self.defrag_jobs {
+            job.waiting
+                .retain(|&(d, w, e)| !(d == device && w == wblock && e <= durable));
+        }
         self.written(device, wblock);
         let mut i = 0;
         while i < self.commit_waiters.len() {
@@ -920,6 +958,220 @@ impl CoreStorage {
             } else {
                 i += 1;
             }
+        }
+    }
+}
+
+impl CoreStorage {
+    // ---- defrag ---------------------------------------------------------
+
+    /// Finishes defrag jobs whose copies are durable and starts the next one
+    /// (one at a time per core, and only while the write backlog is low, so
+    /// that defrag yields to client writes).
+    fn defrag_tick(&mut self) {
+        let ns = Arc::clone(&self.ns);
+        let mut i = 0;
+        while i < self.defrag_jobs.len() {
+            let job = &self.defrag_jobs[i];
+            if !(job.moved && job.waiting.is_empty()) {
+                i += 1;
+                continue;
+            }
+            let job = self.defrag_jobs.swap_remove(i);
+            let wblocks = &ns.devices[job.device].wblocks;
+            if wblocks.in_use_bytes(job.wblock) == 0 {
+                wblocks.finish_defrag(job.wblock);
+                ns.stats.defrag_freed.fetch_add(1, Relaxed);
+            } else {
+                // A live record in it could not be moved (its image did not
+                // verify): keep the block, never free live data.
+                ns.stats.defrag_stuck.fetch_add(1, Relaxed);
+            }
+        }
+        // Jobs interrupted for lack of room keep their copies' bookkeeping
+        // and are retried in place: the block is never freed before every
+        // copy made from it is durable.
+        let now = Instant::now();
+        for i in 0..self.defrag_jobs.len() {
+            let job = &self.defrag_jobs[i];
+            if !job.moved && !job.reading && now >= job.retry_at {
+                self.start_defrag_read(i);
+                return;
+            }
+        }
+        if !self.defrag_jobs.is_empty() {
+            return;
+        }
+        for d in 0..ns.devices.len() {
+            if self.backlog_bytes[d] * 2 > ns.config.max_write_cache_bytes {
+                continue;
+            }
+            let Some(wblock) = ns.devices[d].wblocks.take_defrag() else {
+                continue;
+            };
+            ns.stats.defrag_reads.fetch_add(1, Relaxed);
+            self.defrag_jobs.push(DefragJob {
+                device: d,
+                wblock,
+                waiting: Vec::new(),
+                moved: false,
+                reading: false,
+                retry_at: now,
+            });
+            self.start_defrag_read(self.defrag_jobs.len() - 1);
+            return;
+        }
+    }
+
+    /// Gets job `i`'s block: from RAM if cached, else by a device read.
+    fn start_defrag_read(&mut self, i: usize) {
+        let ns = Arc::clone(&self.ns);
+        let (d, wblock) = (self.defrag_jobs[i].device, self.defrag_jobs[i].wblock);
+        if let Some(block) = ns.devices[d].block(wblock) {
+            let bytes = block
+                .bytes
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            return self.defrag_block(d, wblock, &bytes);
+        }
+        let buffer = match ns.devices[d]
+            .device
+            .alloc_buffer(ns.config.write_block_bytes as usize)
+        {
+            Ok(b) => b,
+            Err(_) => return self.defrag_retry_later(d, wblock),
+        };
+        let token = self.token();
+        self.parked
+            .insert(token, Parked::DefragRead { device: d, wblock });
+        let offset = ns.devices[d].wblocks.offset_of(wblock);
+        if self
+            .submit_io(
+                d,
+                IoOp {
+                    kind: IoKind::Read,
+                    offset,
+                    buffer,
+                    token,
+                },
+            )
+            .is_err()
+        {
+            self.parked.remove(&token);
+            return self.defrag_retry_later(d, wblock);
+        }
+        self.defrag_jobs[i].reading = true;
+    }
+
+    fn defrag_retry_later(&mut self, d: usize, wblock: u32) {
+        if let Some(job) = self
+            .defrag_jobs
+            .iter_mut()
+            .find(|j| j.device == d && j.wblock == wblock)
+        {
+            job.reading = false;
+            job.retry_at = Instant::now() + Duration::from_millis(100);
+        }
+    }
+
+    /// Moves the live records of write block `wblock` (its bytes read into
+    /// `bytes`): each image whose digest the index still maps to this very
+    /// spot is copied, as is, into this core's open buffer, and the index is
+    /// re-pointed under the sprig lock only if it still points at the old
+    /// copy. A record rewritten or deleted meanwhile is left behind.
+    fn defrag_block(&mut self, d: usize, wblock: u32, bytes: &[u8]) {
+        let ns = Arc::clone(&self.ns);
+        let slot = &ns.devices[d];
+        let unit = slot.device.info().min_io_bytes as usize;
+        let base_rblock = slot.wblocks.offset_of(wblock) / RBLOCK_BYTES as u64;
+        let mut at = 0usize;
+        while at + record::IMAGE_HEADER_BYTES <= bytes.len() {
+            let len = match record::peek_image_len(&bytes[at..]) {
+                Some(len)
+                    if at + len <= bytes.len()
+                        && record::decode(&bytes[at..at + len], None).is_ok() =>
+                {
+                    len
+                }
+                _ => {
+                    if at % unit == 0 {
+                        break;
+                    }
+                    at = at.div_ceil(unit) * unit;
+                    continue;
+                }
+            };
+            let image = &bytes[at..at + len];
+            let mut digest = crate::digest::Digest::default();
+            digest.0.copy_from_slice(&image[16..36]);
+            let old = Location {
+                device: d as u8,
+                rblock_id: base_rblock + (at / RBLOCK_BYTES) as u64,
+                n_rblocks: (len / RBLOCK_BYTES) as u32,
+            };
+            at += len;
+            if ns.index.get(&digest).map(|r| r.location) != Some(old) {
+                continue;
+            }
+            if self.make_room(d, len).is_err() {
+                // No room to move into now: the job stays, and tries again.
+                return self.defrag_retry_later(d, wblock);
+            }
+            let buffer = self.open[d].as_ref().expect("make_room opened a buffer");
+            let (dest, dest_at, block) = (buffer.wblock, buffer.used, buffer.block.clone());
+            let new = Location {
+                device: d as u8,
+                rblock_id: (slot.wblocks.offset_of(dest) + dest_at as u64) / RBLOCK_BYTES as u64,
+                n_rblocks: old.n_rblocks,
+            };
+            slot.wblocks.add(dest, len as u32);
+            let moved = ns.index.modify(&digest, |cur| {
+                if cur.location != old {
+                    return (Change::Keep, false);
+                }
+                block.bytes.write().unwrap_or_else(|e| e.into_inner())[dest_at..dest_at + len]
+                    .copy_from_slice(image);
+                (
+                    Change::Put(IndexRecord {
+                        location: new,
+                        ..*cur
+                    }),
+                    true,
+                )
+            });
+            if moved == Some(true) {
+                let buffer = self.open[d].as_mut().expect("open buffer");
+                buffer.used += len;
+                buffer.dirty_since.get_or_insert_with(Instant::now);
+                slot.wblocks.release(wblock, len as u32);
+                ns.stats.defrag_moved.fetch_add(1, Relaxed);
+                let end = dest_at + len;
+                if let Some(job) = self
+                    .defrag_jobs
+                    .iter_mut()
+                    .find(|j| j.device == d && j.wblock == wblock)
+                {
+                    match job
+                        .waiting
+                        .iter_mut()
+                        .find(|(wd, ww, _)| *wd == d && *ww == dest)
+                    {
+                        Some(w) => w.2 = w.2.max(end),
+                        None => job.waiting.push((d, dest, end)),
+                    }
+                }
+            } else {
+                slot.wblocks.release(dest, len as u32);
+            }
+        }
+        if let Some(job) = self
+            .defrag_jobs
+            .iter_mut()
+            .find(|j| j.device == d && j.wblock == wblock)
+        {
+            job.moved = true;
+            job.reading = false;
         }
     }
 }

@@ -11,7 +11,7 @@
 //!    rebuilds each write block's in-use bytes from the index.
 //! 3. Otherwise (or if the index refuses) build the index from the devices:
 //!    scan every write block of every device in parallel, keep the newest
-//!    image of each digest (generation, then last-update time), then drop
+//!    image of each digest (last-update time, then generation), then drop
 //!    expired and truncated winners.
 //! 4. Before serving, write every header back untrusted, so that a crash
 //!    from here on forces the next start to be cold.
@@ -179,6 +179,12 @@ pub struct StorageStats {
     pub read_retries: AtomicU64,
     pub overloads: AtomicU64,
     pub stop_writes: AtomicU64,
+    pub defrag_reads: AtomicU64,
+    pub defrag_moved: AtomicU64,
+    pub defrag_freed: AtomicU64,
+    /// Blocks left in defrag because a live record in them could not be
+    /// read back (a corrupt image): they are never freed.
+    pub defrag_stuck: AtomicU64,
 }
 
 /// How the namespace started, for the log.
@@ -247,6 +253,11 @@ pub struct Namespace {
     pub devices: Vec<DeviceSlot>,
     pub stats: StorageStats,
     pub clock: ClockSource,
+    /// The latest last-update time of any record whose index entry was
+    /// removed while its image may still be on flash (plain delete, expiry,
+    /// eviction, truncation). A record created afterwards gets a later time,
+    /// so a cold start ranks it above every such image (see `newer`).
+    removed_lut_ms: AtomicU64,
 }
 
 const START_IO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -376,6 +387,7 @@ impl Namespace {
             devices: slots,
             stats: StorageStats::default(),
             clock,
+            removed_lut_ms: AtomicU64::new(0),
         };
         let kind = match start {
             Start::Warm(summary) => StartKind::Warm {
@@ -434,6 +446,22 @@ impl Namespace {
     pub fn device_for(&self, digest: &Digest) -> usize {
         let d = &digest.0;
         u32::from_le_bytes([d[4], d[5], d[6], d[7]]) as usize % self.devices.len()
+    }
+
+    /// Records that the index entry of a record last updated at `lut_ms`
+    /// was removed while its image stays on flash.
+    pub fn note_removed(&self, lut_ms: u64) {
+        self.removed_lut_ms.fetch_max(lut_ms, Relaxed);
+    }
+
+    /// The earliest last-update time a new image of a key may carry: after
+    /// its stored entry's (`stored`, tombstones and expired entries
+    /// included), or, for a key with no entry, after every removed image.
+    pub fn min_next_lut(&self, stored: Option<&IndexRecord>) -> u64 {
+        match stored {
+            Some(r) => r.last_update_ms + 1,
+            None => self.removed_lut_ms.load(Relaxed) + 1,
+        }
     }
 
     /// Marks everything trusted after a clean shutdown. Every core must have
@@ -682,6 +710,7 @@ impl Namespace {
         for (r, is_expired) in dead {
             if let Some(old) = self.index.remove(&r.digest) {
                 self.count_out(&old);
+                self.note_removed(old.last_update_ms);
                 if is_expired {
                     expired += 1;
                 } else {
@@ -699,15 +728,25 @@ enum Offer {
     Older,
 }
 
-/// Whether image `a` is newer than `b`: generation first (wrapping, as a
-/// 16-bit sequence), then last-update time.
+/// Whether image `a` is newer than `b`: last-update time first, then
+/// generation (as a wrapping 16-bit sequence).
+///
+/// Not generation first: a key re-created after a durable delete, a plain
+/// delete or an expiry starts again at generation 1, below its older images
+/// (its tombstone included), and ranking by generation would let a cold
+/// start resurrect an old image and lose the acknowledged new write. The
+/// last-update time of a record never goes backwards (`ops::apply` keeps it
+/// at least the stored one), so it orders the images of one key — provided
+/// the host clock does not jump back across the delete and re-create.
+/// More exactly, the write path makes every new image's time later than its
+/// stored entry's, or than every removed image's (`min_next_lut`), so two
+/// images of one key never tie.
 fn newer(a: &IndexRecord, b: &IndexRecord) -> bool {
-    if a.generation != b.generation {
-        // Serial-number arithmetic: a is newer if it is ahead by less than half the space.
-        let ahead = a.generation.wrapping_sub(b.generation);
-        return ahead != 0 && ahead < 0x8000;
+    if a.last_update_ms != b.last_update_ms {
+        return a.last_update_ms > b.last_update_ms;
     }
-    a.last_update_ms > b.last_update_ms
+    let ahead = a.generation.wrapping_sub(b.generation);
+    ahead != 0 && ahead < 0x8000
 }
 
 #[cfg(test)]
@@ -723,13 +762,19 @@ mod tests {
     }
 
     #[test]
-    fn newest_image_wins_by_generation_then_time() {
-        assert!(newer(&rec(2, 0), &rec(1, 9)));
-        assert!(!newer(&rec(1, 9), &rec(2, 0)));
-        assert!(newer(&rec(1, 10), &rec(1, 9)));
+    fn newest_image_wins_by_time_then_generation() {
+        assert!(
+            newer(&rec(1, 10), &rec(5, 9)),
+            "a re-created record (gen 1) beats its older images"
+        );
+        assert!(!newer(&rec(5, 9), &rec(1, 10)));
+        assert!(
+            newer(&rec(2, 9), &rec(1, 9)),
+            "same millisecond: the later generation"
+        );
         assert!(!newer(&rec(1, 9), &rec(1, 9)));
         // Generation 1 after 65535 (it skips 0) is newer.
-        assert!(newer(&rec(1, 0), &rec(65535, 5)));
+        assert!(newer(&rec(1, 5), &rec(65535, 5)));
     }
 
     #[test]

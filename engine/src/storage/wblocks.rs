@@ -215,6 +215,17 @@ impl WblockTable {
         Self::lock(&self.defrag).pop_front()
     }
 
+    /// Puts a block taken by `take_defrag` back at the end of the queue
+    /// (defrag could not finish it now, e.g. no room to move records to).
+    pub fn requeue_defrag(&self, id: u32) {
+        assert_eq!(
+            self.state(id),
+            WblockState::Defrag,
+            "requeueing write block {id}, which is not in defrag"
+        );
+        Self::lock(&self.defrag).push_back(id);
+    }
+
     /// Defrag of block `id` is complete and every record it held is durable
     /// elsewhere: the block is free.
     pub fn finish_defrag(&self, id: u32) {
