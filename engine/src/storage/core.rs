@@ -1009,6 +1009,12 @@ impl CoreStorage {
             let Some(wblock) = ns.devices[d].wblocks.take_defrag() else {
                 continue;
             };
+            if ns.devices[d].wblocks.in_use_bytes(wblock) == 0 {
+                // Emptied after it was queued: nothing to move, free it now.
+                ns.devices[d].wblocks.finish_defrag(wblock);
+                ns.stats.defrag_freed.fetch_add(1, Relaxed);
+                continue;
+            }
             ns.stats.defrag_reads.fetch_add(1, Relaxed);
             self.defrag_jobs.push(DefragJob {
                 device: d,

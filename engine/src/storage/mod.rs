@@ -3,4 +3,5 @@
 pub mod core;
 pub mod header;
 pub mod namespace;
+pub mod supervisor;
 pub mod wblocks;

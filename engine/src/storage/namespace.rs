@@ -334,6 +334,16 @@ impl Namespace {
             }
             _ => None,
         };
+        // Truncations are written to every device, but a device may have
+        // been replaced or erased since: merge every header's list (latest
+        // cutoff per set) so that no truncation is forgotten.
+        let mut truncations: Vec<header::Truncation> = Vec::new();
+        for t in headers.iter().flatten().flat_map(|h| h.truncations.iter()) {
+            match truncations.iter_mut().find(|m| m.set_name == t.set_name) {
+                Some(m) => m.before_ms = m.before_ms.max(t.before_ms),
+                None => truncations.push(t.clone()),
+            }
+        }
         let mut slots = Vec::with_capacity(devices.len());
         for (i, (device, found)) in devices.into_iter().zip(headers).enumerate() {
             let size = device.info().size_bytes;
@@ -349,6 +359,8 @@ impl Namespace {
                 shutdown_id: 0,
                 truncations: Vec::new(),
             });
+            let mut header = header;
+            header.truncations = truncations.clone();
             let wblocks = WblockTable::new(
                 HEADER_REGION_BYTES,
                 size,
