@@ -522,3 +522,80 @@ fn the_uring_backend_serves_and_restarts_warm_and_cold() {
     assert_eq!(value_of(&core.run(get(2999))), Some(2999));
     shutdown(core);
 }
+
+/// Regression (found by review, then reproduced here): a block freed the
+/// moment its last record was rewritten elsewhere could be reused — and
+/// overwritten by its first whole-block write — before the new copy reached
+/// the device. A crash in that window lost the record entirely, its older
+/// durable image included. Freed blocks now wait for every writer's
+/// pending records (`wblocks.rs`, free epochs).
+#[test]
+fn a_block_emptied_by_an_unflushed_rewrite_is_not_reused_before_it_is_durable() {
+    let mut config = storage_config();
+    config.flush_max_ms = 60_000; // core A never flushes by timer here
+    config.defrag_lwm_pct = 0;
+    config.stop_writes_pct = 100;
+    // Header region + exactly three 128 KiB write blocks.
+    let mem = MemoryDevice::new("mem0", 8 * MIB + 3 * (128 << 10), 4096, 64);
+    let index = small_config(16);
+    let _guard = SegmentsGuard(index.clone());
+    let devices: Vec<Arc<dyn Device>> = vec![Arc::new(mem.clone())];
+    let open = || {
+        let (ns, kind) = Namespace::open(
+            config.clone(),
+            &index,
+            devices.clone(),
+            Arc::new(system_clock),
+        )
+        .unwrap();
+        (Arc::new(ns), kind)
+    };
+    let (ns, _) = open();
+    let mut a = CoreStorage::new(ns.clone()).unwrap();
+    let mut b = CoreStorage::new(ns.clone()).unwrap();
+    const K: u64 = 1_000_000;
+    assert_eq!(a.run(put(K, 1)).result, ResultCode::Ok);
+    // Fill past the first block so it is retired, written and closed.
+    for n in 0..600 {
+        assert_eq!(a.run(put(n, 0)).result, ResultCode::Ok);
+    }
+    settle(&mut a);
+    // Empty the first block of everything but K, then rewrite K: the new
+    // copy waits in A's unflushed buffer and the first block is freed.
+    for n in 0..600 {
+        assert_eq!(a.run(delete(n, false)).result, ResultCode::Ok);
+    }
+    assert_eq!(a.run(put(K, 2)).result, ResultCode::Ok);
+    // Core B fills the never-used block, then wants the freed one.
+    let mut overloaded = false;
+    for n in 2000..3000 {
+        match b.run(put(n, 0)).result {
+            ResultCode::Ok => {}
+            ResultCode::DeviceOverload => {
+                overloaded = true;
+                break;
+            }
+            ResultCode::ServerFull => break,
+            other => panic!("unexpected {other:?}"),
+        }
+        // B keeps its own writes flushed, so only A's pending record matters.
+        let mut out = Vec::new();
+        b.poll(&mut out);
+    }
+    assert!(
+        overloaded,
+        "B must not get the block whose last durable image of K is unprotected"
+    );
+    // Crash now: A's rewrite of K was never flushed.
+    drop(a);
+    drop(b);
+    drop(ns);
+    let (ns, kind) = open();
+    assert!(matches!(kind, StartKind::Cold { .. }));
+    let mut core = CoreStorage::new(ns).unwrap();
+    assert_eq!(
+        value_of(&core.run(get(K))),
+        Some(1),
+        "K's last durable image survives"
+    );
+}

@@ -27,7 +27,8 @@
 //! made durable.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -82,6 +83,8 @@ struct OpenBuffer {
     flushed: usize,
     /// When the oldest unflushed record went in.
     dirty_since: Option<Instant>,
+    /// The device's free epoch when the oldest unflushed record went in.
+    dirty_epoch: Option<u64>,
     writes_in_flight: usize,
 }
 
@@ -100,6 +103,8 @@ enum Parked {
         end: usize,
         bytes: u64,
         op_retries: u8,
+        /// The free epoch of the oldest record in the write.
+        epoch: Option<u64>,
     },
     /// Defrag's read of a whole write block.
     DefragRead { device: usize, wblock: u32 },
@@ -109,6 +114,7 @@ enum Parked {
         device: usize,
         wblock: u32,
         end: usize,
+        epoch: Option<u64>,
     },
 }
 
@@ -154,6 +160,19 @@ pub struct CoreStorage {
     durable: Vec<HashMap<u32, usize>>,
     backlog_bytes: Vec<u64>,
     defrag_jobs: Vec<DefragJob>,
+    /// Per device, published to the namespace: the free epoch of this
+    /// core's oldest record not yet durable (`u64::MAX` if none).
+    pending_epoch: Vec<Arc<AtomicU64>>,
+    /// Per device, the epochs of writes in flight.
+    inflight_epochs: Vec<Vec<u64>>,
+}
+
+impl Drop for CoreStorage {
+    fn drop(&mut self) {
+        for (slot, mine) in self.ns.devices.iter().zip(&self.pending_epoch) {
+            crate::storage::namespace::lock(&slot.writers).retain(|w| !Arc::ptr_eq(w, mine));
+        }
+    }
 }
 
 impl CoreStorage {
@@ -163,6 +182,11 @@ impl CoreStorage {
             queues.push(slot.device.open_queue()?);
         }
         let n = ns.devices.len();
+        let pending_epoch: Vec<Arc<AtomicU64>> =
+            (0..n).map(|_| Arc::new(AtomicU64::new(u64::MAX))).collect();
+        for (slot, mine) in ns.devices.iter().zip(&pending_epoch) {
+            crate::storage::namespace::lock(&slot.writers).push(mine.clone());
+        }
         Ok(CoreStorage {
             ns,
             queues,
@@ -177,6 +201,8 @@ impl CoreStorage {
             durable: (0..n).map(|_| HashMap::new()).collect(),
             backlog_bytes: vec![0; n],
             defrag_jobs: Vec::new(),
+            pending_epoch,
+            inflight_epochs: vec![Vec::new(); n],
         })
     }
 
@@ -553,6 +579,7 @@ impl CoreStorage {
         });
         match outcome {
             Ok(Ok(old)) => {
+                self.note_append(d);
                 let buffer = self.open[d].as_mut().expect("open buffer");
                 buffer.used += len;
                 buffer.dirty_since.get_or_insert_with(Instant::now);
@@ -624,7 +651,13 @@ impl CoreStorage {
             self.settle_retiring();
         }
         let slot = &self.ns.devices[d];
-        let Some(wblock) = slot.wblocks.take_free() else {
+        let Some(wblock) = slot.wblocks.take_free(slot.durable_horizon()) else {
+            if slot.wblocks.free_count() > 0 {
+                // Free blocks exist but still hold the last durable images
+                // of records whose new copies are not on the device yet.
+                self.ns.stats.overloads.fetch_add(1, Relaxed);
+                return Err(ResultCode::DeviceOverload);
+            }
             self.ns.stats.stop_writes.fetch_add(1, Relaxed);
             return Err(ResultCode::ServerFull);
         };
@@ -639,6 +672,7 @@ impl CoreStorage {
             used: 0,
             flushed: 0,
             dirty_since: None,
+            dirty_epoch: None,
             writes_in_flight: 0,
         });
         Ok(())
@@ -694,6 +728,10 @@ impl CoreStorage {
         buffer.used = end;
         buffer.dirty_since = None;
         buffer.writes_in_flight += 1;
+        let epoch = buffer.dirty_epoch.take();
+        if let Some(e) = epoch {
+            self.inflight_epochs[d].push(e);
+        }
         let token = self.token();
         let bytes = (write_end - start) as u64;
         self.backlog_bytes[d] += bytes;
@@ -706,6 +744,7 @@ impl CoreStorage {
                 end,
                 bytes,
                 op_retries: 0,
+                epoch,
             },
         );
         self.ns.stats.device_writes.fetch_add(1, Relaxed);
@@ -727,6 +766,7 @@ impl CoreStorage {
             self.backlog_bytes[d] -= bytes;
             buffer.writes_in_flight -= 1;
             self.fail_commits(d, wblock);
+            self.settle_epoch(d, epoch);
         }
     }
 
@@ -830,6 +870,7 @@ impl CoreStorage {
                 end,
                 bytes,
                 op_retries,
+                epoch,
             } => match c.result {
                 Ok(()) => {
                     self.backlog_bytes[device] -= bytes;
@@ -843,6 +884,7 @@ impl CoreStorage {
                                 device,
                                 wblock,
                                 end,
+                                epoch,
                             },
                         );
                         let op = IoOp {
@@ -855,23 +897,24 @@ impl CoreStorage {
                             self.parked.remove(&token);
                             self.written(device, wblock);
                             self.fail_commits(device, wblock);
+                            self.settle_epoch(device, epoch);
                         }
                     } else {
                         self.made_durable(device, wblock, end);
+                        self.settle_epoch(device, epoch);
                     }
                 }
                 Err(_) if op_retries < WRITE_RETRIES => {
                     let token = self.token();
-                    self.parked.insert(
-                        token,
-                        Parked::Write {
-                            device,
-                            wblock,
-                            end,
-                            bytes,
-                            op_retries: op_retries + 1,
-                        },
-                    );
+                    let retry = Parked::Write {
+                        device,
+                        wblock,
+                        end,
+                        bytes,
+                        op_retries: op_retries + 1,
+                        epoch,
+                    };
+                    self.parked.insert(token, retry);
                     let op = IoOp {
                         kind: IoKind::Write,
                         offset: c.offset,
@@ -883,6 +926,7 @@ impl CoreStorage {
                         self.backlog_bytes[device] -= bytes;
                         self.written(device, wblock);
                         self.fail_commits(device, wblock);
+                        self.settle_epoch(device, epoch);
                     }
                 }
                 Err(_) => {
@@ -891,6 +935,7 @@ impl CoreStorage {
                     self.backlog_bytes[device] -= bytes;
                     self.written(device, wblock);
                     self.fail_commits(device, wblock);
+                    self.settle_epoch(device, epoch);
                 }
             },
             Parked::DefragRead { device, wblock } => match c.result {
@@ -902,14 +947,54 @@ impl CoreStorage {
                 device,
                 wblock,
                 end,
-            } => match c.result {
-                Ok(()) => self.made_durable(device, wblock, end),
-                Err(_) => {
-                    self.written(device, wblock);
-                    self.fail_commits(device, wblock);
+                epoch,
+            } => {
+                match c.result {
+                    Ok(()) => self.made_durable(device, wblock, end),
+                    Err(_) => {
+                        self.written(device, wblock);
+                        self.fail_commits(device, wblock);
+                    }
                 }
-            },
+                self.settle_epoch(device, epoch);
+            }
         }
+    }
+
+    /// A record went into device `d`'s open buffer: if it is the buffer's
+    /// first unflushed one, note the free epoch so that no block freed from
+    /// now on is reused before this record is durable.
+    fn note_append(&mut self, d: usize) {
+        let buffer = self.open[d].as_mut().expect("open buffer");
+        if buffer.dirty_epoch.is_none() {
+            let e = self.ns.devices[d].wblocks.epoch();
+            buffer.dirty_epoch = Some(e);
+            self.pending_epoch[d].fetch_min(e, SeqCst);
+        }
+    }
+
+    /// A write (with its records' epoch) is durable, or abandoned: publish
+    /// this core's new oldest pending epoch for the device.
+    fn settle_epoch(&mut self, d: usize, epoch: Option<u64>) {
+        if let Some(e) = epoch {
+            if let Some(i) = self.inflight_epochs[d].iter().position(|&x| x == e) {
+                self.inflight_epochs[d].swap_remove(i);
+            }
+        }
+        let open = self.open[d].as_ref().and_then(|b| b.dirty_epoch);
+        let retiring = self
+            .retiring
+            .iter()
+            .filter(|(rd, _)| *rd == d)
+            .filter_map(|(_, b)| b.dirty_epoch)
+            .min();
+        let inflight = self.inflight_epochs[d].iter().copied().min();
+        let oldest = [open, retiring, inflight]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(u64::MAX);
+        self.pending_epoch[d].store(oldest, SeqCst);
     }
 
     /// `end` bytes of the block are on the device: wake the commits they cover.
@@ -1147,6 +1232,7 @@ impl CoreStorage {
                 )
             });
             if moved == Some(true) {
+                self.note_append(d);
                 let buffer = self.open[d].as_mut().expect("open buffer");
                 buffer.used += len;
                 buffer.dirty_since.get_or_insert_with(Instant::now);

@@ -128,9 +128,22 @@ pub struct DeviceSlot {
     cache_order: Mutex<VecDeque<(u32, Arc<Block>)>>,
     cache_capacity: usize,
     pub(crate) header: Mutex<DeviceHeader>,
+    /// Per writer (core): the free epoch of its oldest record not yet on
+    /// this device, or `u64::MAX`. See `wblocks.rs` on reuse.
+    pub(crate) writers: Mutex<Vec<Arc<AtomicU64>>>,
 }
 
 impl DeviceSlot {
+    /// Free blocks stamped before this epoch may be reused: every record
+    /// any writer appended before it is on the device.
+    pub(crate) fn durable_horizon(&self) -> u64 {
+        lock(&self.writers)
+            .iter()
+            .map(|w| w.load(std::sync::atomic::Ordering::SeqCst))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
     pub(crate) fn block(&self, wblock: u32) -> Option<Arc<Block>> {
         lock(&self.blocks[wblock as usize]).clone()
     }
@@ -376,6 +389,7 @@ impl Namespace {
                 cache_order: Mutex::new(VecDeque::new()),
                 cache_capacity: config.post_write_cache_blocks as usize,
                 header: Mutex::new(header),
+                writers: Mutex::new(Vec::new()),
             });
         }
 

@@ -17,12 +17,19 @@
 //! - `Defrag`: owned by the defragmenter, which copies the live records out
 //!   and calls `finish_defrag` only once their new copies are on the device.
 //!
+//! Reuse waits for durability: a block that empties because its records
+//! were rewritten elsewhere still holds their last durable images until the
+//! new copies reach the device. Each freed block is stamped with the
+//! device's free epoch, and [`WblockTable::take_free`] hands it out only
+//! once every writer's oldest not-yet-durable record is younger than that
+//! stamp (the caller passes that horizon). Blocks never written carry 0.
+//!
 //! In-use bytes and states are atomics (many cores release bytes at once);
 //! the queues are short critical sections taken once per write block, not
 //! once per record.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use crate::record::RBLOCK_BYTES;
@@ -60,7 +67,11 @@ pub struct WblockTable {
     wblock_bytes: u32,
     in_use: Box<[AtomicU32]>,
     state: Box<[AtomicU8]>,
-    free: Mutex<VecDeque<u32>>,
+    /// Free blocks in the order they were freed, with their free epoch.
+    free: Mutex<VecDeque<(u32, u64)>>,
+    /// Stamps freed blocks; writers read it when a buffer gets its first
+    /// unflushed record.
+    epoch: AtomicU64,
     defrag: Mutex<VecDeque<u32>>,
     lwm_bytes: u32,
 }
@@ -96,7 +107,8 @@ impl WblockTable {
             state: (0..count)
                 .map(|_| AtomicU8::new(WblockState::Free as u8))
                 .collect(),
-            free: Mutex::new((0..count).collect()),
+            free: Mutex::new((0..count).map(|id| (id, 0)).collect()),
+            epoch: AtomicU64::new(1),
             defrag: Mutex::new(VecDeque::new()),
             lwm_bytes: (u64::from(wblock_bytes) * u64::from(defrag_lwm_pct) / 100) as u32,
         })
@@ -135,9 +147,31 @@ impl WblockTable {
         m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a free write block for a writer; it becomes `Open`.
-    pub fn take_free(&self) -> Option<u32> {
-        let id = Self::lock(&self.free).pop_front()?;
+    /// The current free epoch (see the module doc).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    fn push_free(&self, id: u32) {
+        let stamp = self.epoch.fetch_add(1, Ordering::SeqCst);
+        Self::lock(&self.free).push_back((id, stamp));
+    }
+
+    /// Takes the oldest free write block for a writer (it becomes `Open`),
+    /// if it was freed before `durable_horizon`: every record written before
+    /// that epoch is on the device. Blocks are freed in epoch order, so if
+    /// the oldest is not yet reusable none is.
+    pub fn take_free(&self, durable_horizon: u64) -> Option<u32> {
+        let id = {
+            let mut free = Self::lock(&self.free);
+            match free.front() {
+                Some(&(id, stamp)) if stamp < durable_horizon => {
+                    free.pop_front();
+                    id
+                }
+                _ => return None,
+            }
+        };
         let was = self.state[id as usize].swap(WblockState::Open as u8, Ordering::AcqRel);
         assert_eq!(
             was,
@@ -168,7 +202,7 @@ impl WblockTable {
         );
         let new = old - bytes;
         if new == 0 && self.transition(id, WblockState::Used, WblockState::Free) {
-            Self::lock(&self.free).push_back(id);
+            self.push_free(id);
             return Released::Freed;
         }
         if new < self.lwm_bytes
@@ -198,7 +232,7 @@ impl WblockTable {
     fn settle(&self, id: u32) -> Released {
         let in_use = self.in_use_bytes(id);
         if in_use == 0 && self.transition(id, WblockState::Used, WblockState::Free) {
-            Self::lock(&self.free).push_back(id);
+            self.push_free(id);
             Released::Freed
         } else if in_use < self.lwm_bytes
             && self.transition(id, WblockState::Used, WblockState::Defrag)
@@ -235,7 +269,7 @@ impl WblockTable {
             "finishing defrag of write block {id}, which is not being defragmented"
         );
         self.in_use[id as usize].store(0, Ordering::Release);
-        Self::lock(&self.free).push_back(id);
+        self.push_free(id);
     }
 
     /// After a start-up walk has `add`ed every record: empty blocks go to the
@@ -243,6 +277,8 @@ impl WblockTable {
     /// Every block must still be `Free` (fresh table).
     pub fn settle_after_load(&self) {
         Self::lock(&self.free).clear();
+        // Nothing is pending at start-up: every block freed here is reusable.
+        self.epoch.store(1, Ordering::SeqCst);
         for id in 0..self.count() {
             let was = self.state[id as usize].swap(WblockState::Used as u8, Ordering::AcqRel);
             assert_eq!(
@@ -301,7 +337,7 @@ mod tests {
     #[test]
     fn an_open_block_is_never_freed_or_queued() {
         let t = table();
-        let id = t.take_free().unwrap();
+        let id = t.take_free(u64::MAX).unwrap();
         assert_eq!(t.state(id), WblockState::Open);
         t.add(id, 1000);
         assert_eq!(t.release(id, 1000), Released::Kept);
@@ -315,7 +351,7 @@ mod tests {
     #[test]
     fn used_blocks_go_to_defrag_below_the_lwm_and_free_at_zero() {
         let t = table();
-        let id = t.take_free().unwrap();
+        let id = t.take_free(u64::MAX).unwrap();
         t.add(id, 600_000);
         t.add(id, 300_000);
         assert_eq!(t.close(id), Released::Kept);
@@ -329,11 +365,29 @@ mod tests {
         assert_eq!(t.state(id), WblockState::Free);
         assert_eq!(t.in_use_bytes(id), 0);
 
-        let id = t.take_free().unwrap();
+        let id = t.take_free(u64::MAX).unwrap();
         t.add(id, 900_000);
         t.close(id);
         assert_eq!(t.release(id, 900_000), Released::Freed);
         assert_eq!(t.take_defrag(), None);
+    }
+
+    #[test]
+    fn a_freed_block_waits_for_the_durable_horizon() {
+        let t = table();
+        let ids: Vec<u32> = (0..4).map(|_| t.take_free(1).unwrap()).collect();
+        assert_eq!(t.take_free(u64::MAX), None, "all four are open");
+        t.add(ids[0], 900_000);
+        assert_eq!(t.close(ids[0]), Released::Kept);
+        // A writer appended newer copies of those records at epoch e.
+        let e = t.epoch();
+        assert_eq!(t.release(ids[0], 900_000), Released::Freed);
+        assert_eq!(
+            t.take_free(e),
+            None,
+            "the newer copy (epoch {e}) is not durable yet"
+        );
+        assert_eq!(t.take_free(e + 1), Some(ids[0]), "durable: reusable");
     }
 
     #[test]
@@ -353,7 +407,7 @@ mod tests {
     #[test]
     fn concurrent_releases_queue_a_block_for_defrag_exactly_once() {
         let t = table();
-        let id = t.take_free().unwrap();
+        let id = t.take_free(u64::MAX).unwrap();
         for _ in 0..4000 {
             t.add(id, 256);
         }
