@@ -37,7 +37,7 @@
 //!   0   8  magic "OSPRYDEV"
 //!   8   4  format version (1)
 //!  12   4  used length: bytes of this slot the header occupies,
-//!          104 + 72 × truncation count
+//!          112 + 72 × truncation count
 //!  16   4  CRC-32C of bytes 0..used, computed with this field zero
 //!  20   4  truncation count (0..=908)
 //!  24   8  sequence (+1 per header write; the slot is sequence % 2)
@@ -51,7 +51,8 @@
 //!  92   1  trusted flag: 1 = written by a clean shutdown, else 0
 //!  93   3  zero
 //!  96   8  shutdown id (meaningful when trusted)
-//! 104   …  truncations, 72 bytes each:
+//! 104   8  last-update watermark, ms since 2010-01-01 (set at clean shutdown)
+//! 112   …  truncations, 72 bytes each:
 //!            +0  1  set name length (0 = the whole namespace, else 1..=63)
 //!            +1 63  set name (UTF-8), zero padded
 //!           +64  8  cutoff: records last updated before this time
@@ -92,7 +93,7 @@ pub const HEADER_SLOTS: usize = 2;
 pub const HEADER_MAGIC: [u8; 8] = *b"OSPRYDEV";
 pub const FORMAT_VERSION: u32 = 1;
 /// Bytes of a header without truncations.
-pub const HEADER_FIXED_BYTES: usize = 104;
+pub const HEADER_FIXED_BYTES: usize = 112;
 /// Bytes of one truncation entry.
 pub const TRUNCATION_ENTRY_BYTES: usize = 72;
 /// Truncation entries that fit one slot beside the fixed part.
@@ -143,7 +144,8 @@ mod at {
     pub const TRUSTED: usize = 92;
     pub const RESERVED: usize = 93;
     pub const SHUTDOWN_ID: usize = 96;
-    pub const TRUNCATIONS: usize = 104;
+    pub const LUT_WATERMARK: usize = 104;
+    pub const TRUNCATIONS: usize = 112;
 }
 
 /// Field offsets within one truncation entry.
@@ -181,6 +183,11 @@ pub struct DeviceHeader {
     pub trusted: bool,
     /// The clean shutdown's id, matched against the shared-memory index's.
     pub shutdown_id: u64,
+    /// At a clean shutdown: no image on the device has a later last-update
+    /// time (ms since 2010-01-01). A warm start resumes stamping new images
+    /// after it, so a key re-created after a plain delete outranks the
+    /// deleted image even when times ran ahead of the clock.
+    pub lut_watermark_ms: u64,
     pub truncations: Vec<Truncation>,
 }
 
@@ -467,6 +474,11 @@ impl DeviceHeader {
         );
         slot[at::TRUSTED] = u8::from(self.trusted);
         put(slot, at::SHUTDOWN_ID, &self.shutdown_id.to_le_bytes());
+        put(
+            slot,
+            at::LUT_WATERMARK,
+            &self.lut_watermark_ms.to_le_bytes(),
+        );
         for (i, t) in self.truncations.iter().enumerate() {
             let base = at::TRUNCATIONS + i * TRUNCATION_ENTRY_BYTES;
             let set = t.set_name.as_deref().unwrap_or("");
@@ -690,6 +702,7 @@ pub fn decode(slot: &[u8]) -> Result<DeviceHeader, HeaderError> {
         device_bytes: u64_at(bytes, at::DEVICE_BYTES),
         trusted,
         shutdown_id: u64_at(bytes, at::SHUTDOWN_ID),
+        lut_watermark_ms: u64_at(bytes, at::LUT_WATERMARK),
         truncations,
     })
 }
@@ -959,6 +972,7 @@ mod tests {
             device_bytes: 64 << 20,
             trusted: false,
             shutdown_id: 0,
+            lut_watermark_ms: 533_000_000_000,
             truncations: vec![
                 Truncation {
                     set_name: None,
@@ -1019,7 +1033,7 @@ mod tests {
             1u32..,
             any::<u64>(),
             any::<bool>(),
-            any::<u64>(),
+            (any::<u64>(), any::<u64>()),
             proptest::collection::vec(
                 (proptest::option::of(name(MAX_SET_NAME_BYTES)), any::<u64>()),
                 0..40,
@@ -1034,7 +1048,7 @@ mod tests {
                     write_block_bytes,
                     device_bytes,
                     trusted,
-                    shutdown_id,
+                    (shutdown_id, lut_watermark_ms),
                     truncations,
                 )| DeviceHeader {
                     sequence,
@@ -1046,6 +1060,7 @@ mod tests {
                     device_bytes,
                     trusted,
                     shutdown_id,
+                    lut_watermark_ms,
                     truncations: truncations
                         .into_iter()
                         .map(|(set_name, before_ms)| Truncation {

@@ -218,6 +218,8 @@ pub struct ScanSummary {
     pub truncated: u64,
     pub bad_images: u64,
     pub bytes_scanned: u64,
+    /// The latest last-update time of any image found, adopted or not.
+    pub max_lut_ms: u64,
     pub elapsed: Duration,
 }
 
@@ -370,6 +372,7 @@ impl Namespace {
                 device_bytes: size,
                 trusted: false,
                 shutdown_id: 0,
+                lut_watermark_ms: 0,
                 truncations: Vec::new(),
             });
             let mut header = header;
@@ -416,9 +419,20 @@ impl Namespace {
             removed_lut_ms: AtomicU64::new(0),
         };
         let kind = match start {
-            Start::Warm(summary) => StartKind::Warm {
-                entries: summary.entries,
-            },
+            Start::Warm(summary) => {
+                // No image on flash is later than what the clean shutdown
+                // recorded (see `DeviceHeader::lut_watermark_ms`).
+                let watermark = namespace
+                    .devices
+                    .iter()
+                    .map(|d| lock(&d.header).lut_watermark_ms)
+                    .max()
+                    .unwrap_or(0);
+                namespace.removed_lut_ms.store(watermark, Relaxed);
+                StartKind::Warm {
+                    entries: summary.entries,
+                }
+            }
             Start::Cold(refusal) => {
                 let reason = if warm_id.is_none() {
                     if all_formatted {
@@ -441,6 +455,8 @@ impl Namespace {
                     slot.wblocks = fresh;
                 }
                 let scan = namespace.cold_scan()?;
+                // Every image on flash was seen: none is later than this.
+                namespace.removed_lut_ms.fetch_max(scan.max_lut_ms, Relaxed);
                 StartKind::Cold { reason, scan }
             }
         };
@@ -461,6 +477,7 @@ impl Namespace {
             let mut h = lock(&slot.header);
             h.trusted = trusted;
             h.shutdown_id = shutdown_id;
+            h.lut_watermark_ms = h.lut_watermark_ms.max(self.removed_lut_ms.load(Relaxed));
             header::write_header(&*slot.device, &mut *queue, &mut h)
                 .map_err(|e| StartError::Device(e.to_string()))?;
         }
@@ -539,6 +556,7 @@ impl Namespace {
                             t.older += s.older;
                             t.bad_images += s.bad_images;
                             t.bytes_scanned += s.bytes_scanned;
+                            t.max_lut_ms = t.max_lut_ms.max(s.max_lut_ms);
                         }
                         Err(e) => {
                             *lock(&failure) = Some(e);
@@ -656,6 +674,7 @@ impl Namespace {
             };
             let len = image.image_len();
             summary.records_read += 1;
+            summary.max_lut_ms = summary.max_lut_ms.max(image.last_update_ms);
             let candidate = IndexRecord {
                 digest: image.digest,
                 location: Location {
