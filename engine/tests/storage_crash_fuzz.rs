@@ -1741,7 +1741,6 @@ fn a_failed_commit_found_absent_after_a_power_cut_stays_absent_after_the_next_on
 ///
 /// Which one happens depends on the flush timer; the test fails either way.
 #[test]
-#[ignore = "open bug: a device write abandoned after its retries leaves the buffer's flushed mark past it, so a defrag job waits forever or a later write of the block counts the lost range as durable - see the issue note"]
 fn a_failed_defrag_write_neither_wedges_the_core_nor_loses_the_moved_records() {
     use osprey_engine::device::IoKind;
     let mut fx = Fixture::new();

@@ -165,6 +165,8 @@ pub struct CoreStorage {
     pending_epoch: Vec<Arc<AtomicU64>>,
     /// Per device, the epochs of writes in flight.
     inflight_epochs: Vec<Vec<u64>>,
+    /// Writes the device refused repeatedly, resubmitted when due.
+    delayed: Vec<(Instant, usize, IoOp)>,
 }
 
 impl Drop for CoreStorage {
@@ -203,6 +205,7 @@ impl CoreStorage {
             defrag_jobs: Vec::new(),
             pending_epoch,
             inflight_epochs: vec![Vec::new(); n],
+            delayed: Vec::new(),
         })
     }
 
@@ -220,6 +223,7 @@ impl CoreStorage {
     /// into `out`. Never blocks. Returns whether anything happened.
     pub fn poll(&mut self, out: &mut Vec<(u64, Reply)>) -> bool {
         let mut progressed = !self.ready.is_empty();
+        self.retry_delayed();
         self.retry_unsubmitted();
         self.flush_due();
         for d in 0..self.queues.len() {
@@ -244,6 +248,7 @@ impl CoreStorage {
             || !self.unsubmitted.is_empty()
             || !self.commit_waiters.is_empty()
             || !self.defrag_jobs.is_empty()
+            || !self.delayed.is_empty()
     }
 
     /// Runs one transaction to its reply, polling (tests and tools; a
@@ -543,6 +548,14 @@ impl CoreStorage {
             Err(_) => return self.reply(txn_id, Reply::code(ResultCode::ParameterError)),
         };
         let d = self.ns.device_for(&txn.request.digest);
+        if self.ns.config.commit_to_device && self.delayed.iter().any(|(_, dd, _)| *dd == d) {
+            // The device is refusing writes and this write would wait behind
+            // the failing one: refuse it at once (retryable). Without
+            // commit-to-device, writes are acknowledged from RAM and the
+            // bounded write backlog turns a dead device into overload.
+            self.ns.stats.overloads.fetch_add(1, Relaxed);
+            return self.reply(txn_id, Reply::code(ResultCode::DeviceOverload));
+        }
         if let Err(code) = self.make_room(d, len) {
             return self.reply(txn_id, Reply::code(code));
         }
@@ -816,6 +829,28 @@ impl CoreStorage {
         }
     }
 
+    fn retry_delayed(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.delayed.len() {
+            if self.delayed[i].0 <= now {
+                let (_, d, op) = self.delayed.swap_remove(i);
+                if let Err((op, e)) = self.submit_io(d, op) {
+                    let c = Completion {
+                        token: op.token,
+                        kind: op.kind,
+                        offset: op.offset,
+                        buffer: op.buffer,
+                        result: Err(*e),
+                    };
+                    self.complete(c);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     fn retry_unsubmitted(&mut self) {
         let pending = std::mem::take(&mut self.unsubmitted);
         let mut full = false;
@@ -930,12 +965,36 @@ impl CoreStorage {
                     }
                 }
                 Err(_) => {
-                    // The device refuses the write: the records stay readable
-                    // from RAM, but are not durable. Commit waiters learn it.
-                    self.backlog_bytes[device] -= bytes;
-                    self.written(device, wblock);
+                    // The device keeps refusing the write. Commit waiters are
+                    // told (their outcome is unknown now), but the write is
+                    // never abandoned: the block's flushed mark is already
+                    // past it, so giving up would let a later write of the
+                    // block count this range as durable, and defrag wait
+                    // forever. It is retried with backoff until it lands; a
+                    // dead device shows up as a growing backlog (overload).
+                    self.ns.stats.write_errors.fetch_add(1, Relaxed);
                     self.fail_commits(device, wblock);
-                    self.settle_epoch(device, epoch);
+                    let token = self.token();
+                    let op_retries = op_retries.saturating_add(1);
+                    let retry = Parked::Write {
+                        device,
+                        wblock,
+                        end,
+                        bytes,
+                        op_retries,
+                        epoch,
+                    };
+                    self.parked.insert(token, retry);
+                    let backoff = Duration::from_millis(
+                        100 << op_retries.saturating_sub(WRITE_RETRIES).min(5),
+                    );
+                    let op = IoOp {
+                        kind: IoKind::Write,
+                        offset: c.offset,
+                        buffer: c.buffer,
+                        token,
+                    };
+                    self.delayed.push((Instant::now() + backoff, device, op));
                 }
             },
             Parked::DefragRead { device, wblock } => match c.result {

@@ -192,6 +192,9 @@ pub struct StorageStats {
     pub read_retries: AtomicU64,
     pub overloads: AtomicU64,
     pub stop_writes: AtomicU64,
+    /// Device writes that failed their immediate retries (and are retried
+    /// with backoff until they land).
+    pub write_errors: AtomicU64,
     pub defrag_reads: AtomicU64,
     pub defrag_moved: AtomicU64,
     pub defrag_freed: AtomicU64,
