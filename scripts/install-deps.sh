@@ -21,7 +21,7 @@ for component in rustfmt clippy; do
 done
 
 # Debian packages the build and the tests use.
-packages=(pkg-config build-essential)
+packages=(pkg-config build-essential fio)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
