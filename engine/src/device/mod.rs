@@ -68,6 +68,20 @@ pub struct IoOp {
     pub token: u64,
 }
 
+impl IoOp {
+    /// The completion of this op failing with `error`, buffer handed back:
+    /// for ops refused before they reached a device.
+    pub fn into_failed(self, error: DeviceError) -> Completion {
+        Completion {
+            token: self.token,
+            kind: self.kind,
+            offset: self.offset,
+            buffer: self.buffer,
+            result: Err(error),
+        }
+    }
+}
+
 /// A finished operation, with its buffer handed back.
 #[derive(Debug)]
 pub struct Completion {
@@ -259,21 +273,7 @@ pub fn run_to_completion(
                     pending.push_front(op);
                     break;
                 }
-                Err(SubmitError::Invalid(op, e)) => {
-                    let IoOp {
-                        kind,
-                        offset,
-                        buffer,
-                        token,
-                    } = op;
-                    done.push(Completion {
-                        token,
-                        kind,
-                        offset,
-                        buffer,
-                        result: Err(*e),
-                    });
-                }
+                Err(SubmitError::Invalid(op, e)) => done.push(op.into_failed(*e)),
             }
         }
         if queue.poll(&mut done, usize::MAX) == 0 {

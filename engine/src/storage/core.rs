@@ -836,14 +836,7 @@ impl CoreStorage {
             if self.delayed[i].0 <= now {
                 let (_, d, op) = self.delayed.swap_remove(i);
                 if let Err((op, e)) = self.submit_io(d, op) {
-                    let c = Completion {
-                        token: op.token,
-                        kind: op.kind,
-                        offset: op.offset,
-                        buffer: op.buffer,
-                        result: Err(*e),
-                    };
-                    self.complete(c);
+                    self.complete(op.into_failed(*e));
                 }
             } else {
                 i += 1;
@@ -865,16 +858,7 @@ impl CoreStorage {
                     full = true;
                     self.unsubmitted.push((d, op));
                 }
-                Err(SubmitError::Invalid(op, e)) => {
-                    let c = Completion {
-                        token: op.token,
-                        kind: op.kind,
-                        offset: op.offset,
-                        buffer: op.buffer,
-                        result: Err(*e),
-                    };
-                    self.complete(c);
-                }
+                Err(SubmitError::Invalid(op, e)) => self.complete(op.into_failed(*e)),
             }
         }
     }
