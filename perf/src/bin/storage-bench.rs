@@ -114,6 +114,8 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
+
+use osprey_perf::json_string;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -1518,48 +1520,7 @@ fn print_table(figures: &[&Figure]) {
     let header = [
         "figure", "records", "osprey", "baseline", "ratio", "target", "result",
     ];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            // Text columns left-aligned, numbers right-aligned.
-            if matches!(i, 0 | 5 | 6) {
-                let _ = write!(out, "{cell:<w$}  ");
-            } else {
-                let _ = write!(out, "{cell:>w$}  ");
-            }
-        }
-        println!("{}", out.trim_end());
-    };
-    line(&header.map(String::from));
-    println!(
-        "{}",
-        "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
-    );
-    for row in &rows {
-        line(row);
-    }
-}
-
-fn json_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    osprey_perf::print_table(&header, &rows, &[0, 5, 6]);
 }
 
 fn json_number(value: Option<f64>) -> String {
