@@ -6,6 +6,8 @@
 //! engine`); nothing depends on it. No `unsafe`.
 #![deny(unsafe_code)]
 
+pub mod config;
+
 pub use osprey_cluster as cluster;
 pub use osprey_engine as engine;
 pub use osprey_net as net;

@@ -10,4 +10,6 @@
 //! - No `unsafe` except in one named socket-syscall module.
 #![deny(unsafe_code)]
 
+pub mod wire;
+
 pub use osprey_engine::digest::Digest;
