@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Sets up this host and runs Osprey's main job.
+# Sets up this host and runs Osprey's main job: the ospreyd server on the
+# shipped example config (etc/ospreyd.toml: namespace "test" on a 4 GiB
+# file under data/, port 3000 on 127.0.0.1, adaptive polling). Hugepages
+# are used for the index when reserved and not required.
 #
-# Today the main job is the primary-index benchmark (the server arrives with
-# the ospreyd issue and will take its place here): it builds the release
-# binaries and measures the shared-memory index next to a std HashMap.
-# Hugepages are used when reserved (index.pages = "auto") and not required.
+#   bash scripts/run.sh                     # the server, until Ctrl-C / SIGTERM
+#   bash scripts/run.sh --config FILE       # another config
 #
-#   bash scripts/run.sh [index-bench flags, e.g. --records 1000000]
+# Stop it with Ctrl-C, SIGTERM or `target/release/osprey shutdown`: the
+# next start is warm (the index is re-attached from shared memory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-cargo build --release -p osprey-perf --bin index-bench
-exec ./target/release/index-bench "$@"
+cargo build --release -p osprey-appliance --bin ospreyd --bin osprey
+if [ "$#" -eq 0 ]; then
+  set -- --config etc/ospreyd.toml
+fi
+exec ./target/release/ospreyd "$@"

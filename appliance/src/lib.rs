@@ -7,6 +7,10 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod daemon;
+pub mod info;
+pub mod service;
+pub mod state;
 
 pub use osprey_cluster as cluster;
 pub use osprey_engine as engine;

@@ -10,6 +10,8 @@
 //! - No `unsafe` except in one named socket-syscall module.
 #![deny(unsafe_code)]
 
+pub mod reactor;
+mod sys;
 pub mod wire;
 
 pub use osprey_engine::digest::Digest;

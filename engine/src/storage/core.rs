@@ -36,7 +36,7 @@ use super::namespace::{Block, Namespace};
 use crate::device::{Completion, IoKind, IoOp, Queue, SubmitError};
 use crate::index::{Change, IndexRecord, Location};
 use crate::ops::{self, Outcome, ReplyBin};
-use crate::record::{self, Record, RBLOCK_BYTES};
+use crate::record::{self, Record, StoredKey, RBLOCK_BYTES};
 use crate::result::ResultCode;
 
 /// A single-record transaction.
@@ -56,6 +56,9 @@ pub struct Reply {
     pub generation: u16,
     pub void_time: u32,
     pub bins: Vec<ReplyBin>,
+    /// The stored key of a record that was read, when it has one (scan and
+    /// batch rows send it back; single-record replies leave it out).
+    pub key: Option<StoredKey>,
 }
 
 impl Reply {
@@ -65,6 +68,7 @@ impl Reply {
             generation: 0,
             void_time: 0,
             bins: Vec::new(),
+            key: None,
         }
     }
 }
@@ -445,6 +449,7 @@ impl CoreStorage {
                 void_time,
             } => {
                 self.ns.stats.reads.fetch_add(1, Relaxed);
+                let key = loaded.and_then(|r| r.key);
                 self.reply(
                     txn_id,
                     Reply {
@@ -452,6 +457,7 @@ impl CoreStorage {
                         generation,
                         void_time,
                         bins,
+                        key,
                     },
                 )
             }
@@ -461,6 +467,7 @@ impl CoreStorage {
                     generation: record.generation,
                     void_time: record.void_time,
                     bins,
+                    key: None,
                 };
                 self.write(txn_id, txn, record, seen, reply, restarts)
             }
@@ -470,6 +477,7 @@ impl CoreStorage {
                     generation,
                     void_time: 0,
                     bins,
+                    key: None,
                 };
                 if txn.durable_delete {
                     let tombstone = Record {
