@@ -449,6 +449,35 @@ fn a_supervisor_pass_expires_first_then_evicts_what_is_still_over() {
 
 // ---- truncation ---------------------------------------------------------
 
+/// The Python client test wrote ten records and truncated their set at
+/// once: the last record, written in the same millisecond as the truncate,
+/// survived, because "now" was taken as the cutoff and only records last
+/// updated *before* it went. A truncate without a cutoff now covers the
+/// current millisecond, and records written after it still rank above the
+/// cutoff, so a cold start keeps them.
+#[test]
+fn a_truncate_covers_writes_of_its_own_millisecond_and_spares_later_ones() {
+    let (fx, _mem) = Fixture::memory(1, storage_config());
+    let (mut core, _) = fx.open_core();
+    let ns = core.namespace().clone();
+    write_all(&mut core, "a", 0..10, Ttl::NeverExpire);
+    // Same millisecond: no clock advance.
+    assert_eq!(ns.truncate(Some("a"), None), Ok(10));
+    assert_eq!(present(&mut core, "a", 0..10), 0);
+    write_all(&mut core, "a", 10..20, Ttl::NeverExpire);
+    assert_eq!(present(&mut core, "a", 10..20), 10);
+    // Everything on the device, then a crash: the next start is cold, and
+    // it honours the truncation yet keeps the later writes.
+    settle(&mut core);
+    drop(ns);
+    drop(core);
+    let (mut core, kind) = fx.open_core();
+    assert!(matches!(kind, StartKind::Cold { .. }), "{kind:?}");
+    assert_eq!(present(&mut core, "a", 0..10), 0);
+    assert_eq!(present(&mut core, "a", 10..20), 10);
+    shutdown(core);
+}
+
 #[test]
 fn truncating_a_set_keeps_the_others_and_the_namespace_takes_all() {
     let (fx, _mem) = Fixture::memory(2, storage_config());
@@ -467,7 +496,8 @@ fn truncating_a_set_keeps_the_others_and_the_namespace_takes_all() {
     assert_eq!(present(&mut core, "b", 0..300), 300);
     assert_eq!(present(&mut core, "", 0..100), 100);
     assert_eq!(ns.index.set_records(ns.index.find_set("a").unwrap()), 0);
-    assert_eq!(ns.truncated_before(b"a"), fx.clock.now().now_ms);
+    // Without a cutoff, "now" includes the current millisecond.
+    assert_eq!(ns.truncated_before(b"a"), fx.clock.now().now_ms + 1);
     assert_eq!(ns.truncated_before(b"b"), 0);
     assert_accounting(&ns);
     // A set the index never saw: recorded, nothing to remove.
@@ -483,8 +513,8 @@ fn truncating_a_set_keeps_the_others_and_the_namespace_takes_all() {
     assert_eq!(ns.truncate(None, None), Ok(410));
     assert_eq!(ns.index.len(), 0);
     assert_eq!(ns.device_usage().0, 0);
-    assert_eq!(ns.truncated_before(b"b"), fx.clock.now().now_ms);
-    assert_eq!(ns.truncated_before(b""), fx.clock.now().now_ms);
+    assert_eq!(ns.truncated_before(b"b"), fx.clock.now().now_ms + 1);
+    assert_eq!(ns.truncated_before(b""), fx.clock.now().now_ms + 1);
     // The namespace truncation absorbed the older set truncations.
     for slot in &ns.devices {
         let d = slot.device.info().name.clone();
@@ -676,7 +706,7 @@ fn too_many_truncations_are_refused_until_a_namespace_truncate_merges_them() {
     // Raising an existing one still fits.
     fx.clock.advance_ms(10);
     assert_eq!(ns.truncate(Some("set-7"), None), Ok(0));
-    assert_eq!(ns.truncated_before(b"set-7"), fx.clock.now().now_ms);
+    assert_eq!(ns.truncated_before(b"set-7"), fx.clock.now().now_ms + 1);
     // A namespace truncate at or above every set's cutoff replaces them all.
     assert_eq!(ns.truncate(None, None), Ok(0));
     assert_eq!(ns.truncate(Some("one-more"), None), Ok(0));
@@ -686,7 +716,7 @@ fn too_many_truncations_are_refused_until_a_namespace_truncate_merges_them() {
     assert!(matches!(kind, StartKind::Warm { .. }), "{kind:?}");
     assert_eq!(
         core.namespace().truncated_before(b"set-500"),
-        fx.clock.now().now_ms
+        fx.clock.now().now_ms + 1
     );
     shutdown(core);
 }

@@ -356,8 +356,10 @@ impl Namespace {
         before_ms: Option<u64>,
     ) -> Result<u64, TruncateError> {
         let now = (self.clock)();
-        let cutoff = before_ms.unwrap_or(now.now_ms);
-        if cutoff > now.now_ms {
+        // "Now" covers records written in this very millisecond: a client
+        // that writes and then truncates expects the write gone.
+        let cutoff = before_ms.unwrap_or(now.now_ms + 1);
+        if before_ms.is_some_and(|c| c > now.now_ms) {
             return Err(TruncateError::FutureCutoff {
                 cutoff_ms: cutoff,
                 now_ms: now.now_ms,
@@ -374,6 +376,10 @@ impl Namespace {
             }
         }
         let cutoff = self.record_truncation(set_name, cutoff)?;
+        // Records created from now on must rank after the cutoff, or a cold
+        // start would drop them as truncated: a new key's last-update time
+        // is above every removed one (see `min_next_lut`).
+        self.note_removed(cutoff - 1);
 
         // Durable: now drop what the index still holds of it.
         let set_id = match set_name {
