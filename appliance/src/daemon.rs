@@ -17,7 +17,7 @@
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,8 +41,24 @@ impl std::fmt::Display for DaemonError {
     }
 }
 
-/// Prints a log line with the wall-clock time (UTC) and the level.
+/// The most verbose level printed (`logging.level`): 0 error .. 3 debug.
+static LOG_LEVEL: AtomicU8 = AtomicU8::new(2);
+
+fn level_rank(level: &str) -> u8 {
+    match level {
+        "error" => 0,
+        "warn" => 1,
+        "info" => 2,
+        _ => 3,
+    }
+}
+
+/// Prints a log line with the wall-clock time (UTC) and the level, if the
+/// configured `logging.level` lets it through. The data path never logs.
 pub fn log(level: &str, message: &str) {
+    if level_rank(level) > LOG_LEVEL.load(Relaxed) {
+        return;
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -85,6 +101,7 @@ fn open_device(spec: &DeviceSpec) -> Result<Arc<dyn Device>, DaemonError> {
 /// Runs the daemon with the config at `path` until it is told to stop.
 pub fn run(path: &Path, stop_signal: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let config = Config::load(path).map_err(|e| DaemonError(format!("{}: {e}", path.display())))?;
+    LOG_LEVEL.store(level_rank(&config.logging.level.to_string()), Relaxed);
     log(
         "info",
         &format!("ospreyd {} starting", env!("CARGO_PKG_VERSION")),
