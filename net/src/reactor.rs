@@ -184,6 +184,8 @@ pub trait Service {
     fn poll(&mut self, ready: &mut Vec<ConnId>) -> bool;
     /// Continues a `Pending` or `Streaming` request.
     fn resume(&mut self, conn: ConnId, out: &mut Vec<u8>) -> Handled;
+    /// A client connected from `peer` (before any frame of it).
+    fn opened(&mut self, _conn: ConnId, _peer: Option<std::net::SocketAddr>) {}
     /// The connection closed; forget its request.
     fn closed(&mut self, conn: ConnId);
     /// Device work is in flight (the reactor must not sleep).
@@ -435,6 +437,7 @@ impl<S: Service> Reactor<S> {
             self.shared.open.fetch_sub(1, Relaxed);
             return;
         }
+        let peer = stream.peer_addr().ok();
         self.conns[slot] = Some(Conn {
             stream,
             generation,
@@ -447,6 +450,7 @@ impl<S: Service> Reactor<S> {
             want_write: false,
             last_active: Instant::now(),
         });
+        self.service.opened(id, peer);
     }
 
     fn close(&mut self, slot: usize) {
