@@ -35,3 +35,30 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 echo "rustc $have, cargo fmt and clippy present; Debian packages present: ${packages[*]}"
+
+# The Python client the end-to-end tests drive (appliance/tests/python_client.rs)
+# lives in a venv under target/; the tests look for it there or at $OSPREY_PYTHON.
+# The pinned release ships a manylinux wheel for CPython 3.8-3.13 on x86_64 and
+# aarch64, so nothing is compiled (pip is told to refuse source builds).
+aerospike_py="19.3.0"
+repo=$(cd "$(dirname "$0")/.." && pwd)
+venv="$repo/target/python-venv"
+venv_python="$venv/bin/python3"
+if ! "$venv_python" -c 'import sys, aerospike, importlib.metadata as m; sys.exit(m.version("aerospike") != sys.argv[1])' "$aerospike_py" >/dev/null 2>&1; then
+  if [ ! -x "$venv_python" ] || ! "$venv_python" -m pip --version >/dev/null 2>&1; then
+    rm -rf "$venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      # Debian's python3 keeps ensurepip in a separate package.
+      rm -rf "$venv"
+      if [ "$(id -u)" != 0 ]; then
+        echo "install-deps: 'python3 -m venv' failed; install python3-venv (as root) and run this again" >&2
+        exit 1
+      fi
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+      python3 -m venv "$venv"
+    fi
+  fi
+  "$venv_python" -m pip install -q --disable-pip-version-check --only-binary=:all: "aerospike==$aerospike_py"
+fi
+echo "Python client: aerospike $aerospike_py in $venv"

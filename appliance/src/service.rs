@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use osprey_engine::digest::Digest;
 use osprey_engine::index::IndexRecord;
-use osprey_engine::ops::{self, Op, Request};
+use osprey_engine::ops::{self, Op, ReplyBin, Request};
 use osprey_engine::partition::PartitionId;
 use osprey_engine::record::BinName;
 use osprey_engine::result::ResultCode;
@@ -349,7 +349,8 @@ impl CoreService {
                     digest: &row.digest,
                     key: reply.key.as_ref(),
                 };
-                msg::write_scan_row(out, &identity, reply.generation, reply.void_time, &reply.bins);
+                let bins: &[ReplyBin] = if job.header_only { &[] } else { &reply.bins };
+                msg::write_scan_row(out, &identity, reply.generation, reply.void_time, bins);
                 sent += 1;
             }
             for pid in job.done_partitions.drain(..) {
@@ -444,11 +445,14 @@ impl CoreService {
             })
             .collect();
         for (i, entry) in chosen.iter().enumerate() {
+            // A metadata-only row still carries its stored key, which is in
+            // the record image: load the record, then send no bins.
+            let load_for_key = header_only && entry.key_stored;
             let request = Request {
                 digest: entry.digest,
                 ops: bins.iter().map(|b| Op::read(*b)).collect(),
-                read_all_bins: bins.is_empty() && !header_only,
-                header_only,
+                read_all_bins: (bins.is_empty() && !header_only) || load_for_key,
+                header_only: header_only && !load_for_key,
                 ..Request::default()
             };
             self.submit(
