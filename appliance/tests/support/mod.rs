@@ -54,6 +54,10 @@ pub struct Options {
     pub write_block_size: String,
     pub flush_max_ms: u32,
     pub stage_size: String,
+    /// Service cores (reactor threads).
+    pub cores: u32,
+    /// Extra lines for the `[service]` table (e.g. `max-connections = 3`).
+    pub service_extra: String,
 }
 
 impl Default for Options {
@@ -64,6 +68,8 @@ impl Default for Options {
             write_block_size: "1M".into(),
             flush_max_ms: 100,
             stage_size: "16M".into(),
+            cores: 1,
+            service_extra: String::new(),
         }
     }
 }
@@ -273,6 +279,33 @@ impl Server {
     /// Starts the daemon again on the same config (device file, port, shm
     /// key base); stops it first (requiring a clean exit) if it is running.
     /// Returns the time from spawn to `ready`.
+    /// Waits (bounded) for the server to exit by itself, e.g. after the
+    /// `shutdown` info command.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("wait_exit: server not running")
+            .id();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                self.join_readers();
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.log_reported = true;
+                panic!(
+                    "ospreyd (pid {pid}) did not exit within {timeout:?}\n{}",
+                    self.log_text()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn restart(&mut self) -> Duration {
         if self.child.is_some() {
             self.stop_clean();
@@ -455,8 +488,9 @@ fn config_text(dir: &Path, port: u16, key_base: u32, o: &Options) -> String {
 [service]
 address = "127.0.0.1"
 port = {port}
-cores = 1
+cores = {cores}
 poll-mode = "adaptive"
+{service_extra}
 
 [logging]
 level = "info"
@@ -482,6 +516,8 @@ sprigs = 16
         wbs = o.write_block_size,
         flush = o.flush_max_ms,
         stage = o.stage_size,
+        cores = o.cores,
+        service_extra = o.service_extra,
     )
 }
 
