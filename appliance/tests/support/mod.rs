@@ -234,7 +234,14 @@ impl Server {
         // kill fails only if the process is gone already (it stays a zombie,
         // so its pid is not reused, until we reap it below).
         let _ = sent;
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        self.reap_within(STOP_TIMEOUT, "of SIGTERM")
+    }
+
+    /// Waits (bounded) for the exit; past `timeout` kills the server and
+    /// fails the test with its log.
+    fn reap_within(&mut self, timeout: Duration, after: &str) -> ExitStatus {
+        let pid = self.child.as_ref().expect("server not running").id();
+        let deadline = Instant::now() + timeout;
         loop {
             let child = self.child.as_mut().unwrap();
             if let Some(status) = child.try_wait().expect("try_wait") {
@@ -249,7 +256,7 @@ impl Server {
                 self.join_readers();
                 self.log_reported = true;
                 panic!(
-                    "ospreyd (pid {pid}) did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed it\n{}",
+                    "ospreyd (pid {pid}) did not exit within {timeout:?} {after}; killed it\n{}",
                     self.log_text()
                 );
             }
@@ -267,6 +274,12 @@ impl Server {
         );
     }
 
+    /// Waits (bounded) for the server to exit by itself, e.g. after the
+    /// `shutdown` info command.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        self.reap_within(timeout, "of being told to shut down")
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -279,33 +292,6 @@ impl Server {
     /// Starts the daemon again on the same config (device file, port, shm
     /// key base); stops it first (requiring a clean exit) if it is running.
     /// Returns the time from spawn to `ready`.
-    /// Waits (bounded) for the server to exit by itself, e.g. after the
-    /// `shutdown` info command.
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let pid = self
-            .child
-            .as_ref()
-            .expect("wait_exit: server not running")
-            .id();
-        let deadline = Instant::now() + timeout;
-        loop {
-            let child = self.child.as_mut().unwrap();
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                self.join_readers();
-                return status;
-            }
-            if Instant::now() > deadline {
-                self.log_reported = true;
-                panic!(
-                    "ospreyd (pid {pid}) did not exit within {timeout:?}\n{}",
-                    self.log_text()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     pub fn restart(&mut self) -> Duration {
         if self.child.is_some() {
             self.stop_clean();
