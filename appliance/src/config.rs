@@ -270,6 +270,37 @@ struct RawConfig {
     service: RawService,
     logging: RawLogging,
     namespace: Vec<RawNamespace>,
+    security: RawSecurity,
+}
+
+/// `[security]`: see `etc/ospreyd.toml` and `crate::security`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+struct RawSecurity {
+    enabled: bool,
+    session_ttl: Seconds,
+    admin_user: String,
+    admin_password_file: Option<String>,
+    store: Option<String>,
+    login_failure_delay_ms: i64,
+    login_failure_max_delay_ms: i64,
+    password_hash_cost: i64,
+}
+
+impl Default for RawSecurity {
+    fn default() -> Self {
+        let d = SecurityConfig::default();
+        RawSecurity {
+            enabled: d.enabled,
+            session_ttl: Seconds(u64::from(d.session_ttl_s)),
+            admin_user: d.admin_user,
+            admin_password_file: None,
+            store: None,
+            login_failure_delay_ms: d.login_failure_delay_ms as i64,
+            login_failure_max_delay_ms: d.login_failure_max_delay_ms as i64,
+            password_hash_cost: i64::from(d.password_hash_cost),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -595,12 +626,55 @@ impl NamespaceConfig {
     }
 }
 
+/// The checked `[security]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityConfig {
+    pub enabled: bool,
+    /// Lifetime of a session token, seconds.
+    pub session_ttl_s: u32,
+    /// The admin user created when the store does not exist yet.
+    pub admin_user: String,
+    /// File holding that user's password (else `$OSPREY_ADMIN_PASSWORD`).
+    pub admin_password_file: Option<PathBuf>,
+    /// The user store. `None` only when security is off and no path could
+    /// be derived.
+    pub store: Option<PathBuf>,
+    /// First wait of a LOGIN from an address with failed logins; doubles
+    /// per failure up to the max. 0 = no throttling.
+    pub login_failure_delay_ms: u64,
+    pub login_failure_max_delay_ms: u64,
+    /// bcrypt cost of the stored password hashes.
+    pub password_hash_cost: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            enabled: false,
+            session_ttl_s: 86_400,
+            admin_user: "admin".into(),
+            admin_password_file: None,
+            store: None,
+            login_failure_delay_ms: 250,
+            login_failure_max_delay_ms: 4_000,
+            password_hash_cost: 10,
+        }
+    }
+}
+
+/// File name of the user store when `security.store` is not given; it goes
+/// beside the first namespace's first device file.
+pub const DEFAULT_SECURITY_STORE_NAME: &str = "osprey-security.dat";
+pub const MAX_SESSION_TTL_S: u64 = 864_000;
+pub const MAX_LOGIN_FAILURE_DELAY_MS: i64 = 60_000;
+
 /// The checked configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub service: ServiceConfig,
     pub logging: LoggingConfig,
     pub namespaces: Vec<NamespaceConfig>,
+    pub security: SecurityConfig,
     /// The file it was loaded from (absolute), if any.
     pub source: Option<PathBuf>,
 }
@@ -687,6 +761,19 @@ impl Config {
             "logging: level {}, ticker every {} s\n",
             self.logging.level, self.logging.ticker_interval_s
         ));
+        let sec = &self.security;
+        if sec.enabled {
+            out.push_str(&format!(
+                "security: enabled, store {}, session-ttl {} s, login-failure-delay {}..{} ms, password-hash-cost {}\n",
+                sec.store.as_deref().map_or("(none)".into(), |p| p.display().to_string()),
+                sec.session_ttl_s,
+                sec.login_failure_delay_ms,
+                sec.login_failure_max_delay_ms,
+                sec.password_hash_cost,
+            ));
+        } else {
+            out.push_str("security: disabled (admin commands answer 52)\n");
+        }
         for ns in &self.namespaces {
             let ttl = if ns.default_ttl_s == 0 {
                 "0 (never expire)".to_string()
@@ -886,11 +973,100 @@ impl RawConfig {
             }
             namespaces.push(ns);
         }
+        let security = self.security.validate(base_dir, &namespaces)?;
         Ok(Config {
             service,
             logging,
             namespaces,
+            security,
             source: None,
+        })
+    }
+}
+
+impl RawSecurity {
+    fn validate(&self, base_dir: &Path, namespaces: &[NamespaceConfig]) -> Result<SecurityConfig> {
+        let ttl = self.session_ttl.0;
+        if !(1..=MAX_SESSION_TTL_S).contains(&ttl) {
+            return Err(ConfigError::invalid(
+                "security.session-ttl",
+                format!(
+                    "{ttl} s is not in 1..={MAX_SESSION_TTL_S} seconds (clients renew 60 s \
+                     before the end, so use at least 120 outside tests)"
+                ),
+            ));
+        }
+        let admin_user = self.admin_user.clone();
+        let printable = admin_user
+            .bytes()
+            .all(|b| b.is_ascii_graphic() || b == b' ');
+        if admin_user.is_empty() || admin_user.len() > 63 || !printable {
+            return Err(ConfigError::invalid(
+                "security.admin-user",
+                format!("{admin_user:?} must be 1..=63 bytes of printable ASCII"),
+            ));
+        }
+        let path = |key: &str, text: &str| -> Result<PathBuf> {
+            if text.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("security.{key}"),
+                    "empty path; give a file path (relative to the config file's directory)",
+                ));
+            }
+            Ok(base_dir.join(text))
+        };
+        let admin_password_file = match &self.admin_password_file {
+            Some(text) => Some(path("admin-password-file", text)?),
+            None => None,
+        };
+        let store = match &self.store {
+            Some(text) => Some(path("store", text)?),
+            None => match namespaces.first().and_then(|n| n.devices.first()) {
+                Some(DeviceSpec::File { path, .. }) => Some(
+                    path.parent()
+                        .unwrap_or(Path::new("/"))
+                        .join(DEFAULT_SECURITY_STORE_NAME),
+                ),
+                _ => None,
+            },
+        };
+        if self.enabled && store.is_none() {
+            return Err(ConfigError::invalid(
+                "security.store",
+                "not given, and the first namespace's first device is not a file to put it \
+                 beside; give a file path for the user store",
+            ));
+        }
+        let delay = check_range(
+            "security.login-failure-delay-ms",
+            self.login_failure_delay_ms,
+            0,
+            MAX_LOGIN_FAILURE_DELAY_MS,
+            " (milliseconds; 0 = no throttling)",
+        )?;
+        let max_delay = check_range(
+            "security.login-failure-max-delay-ms",
+            self.login_failure_max_delay_ms,
+            delay,
+            MAX_LOGIN_FAILURE_DELAY_MS,
+            " (milliseconds; at least login-failure-delay-ms)",
+        )?;
+        let cost = check_range(
+            "security.password-hash-cost",
+            self.password_hash_cost,
+            10,
+            16,
+            " (bcrypt cost; each step doubles the time of a login without a cached verification)",
+        )?;
+        Ok(SecurityConfig {
+            enabled: self.enabled,
+            session_ttl_s: ttl as u32,
+            admin_user,
+            admin_password_file,
+            store,
+            login_failure_delay_ms: delay as u64,
+            login_failure_max_delay_ms: max_delay as u64,
+            password_hash_cost: cost as u32,
         })
     }
 }
@@ -913,6 +1089,8 @@ fn allowed_values(key: &str) -> Option<&'static str> {
         "shm-key-base" => "an integer such as 0x4F500000",
         "sprigs" => "a power of two in 1..=4096",
         "max-stages" => "1..=4095",
+        "login-failure-delay-ms" | "login-failure-max-delay-ms" => "0..=60000 milliseconds",
+        "password-hash-cost" => "10..=16",
         _ => return None,
     })
 }
@@ -1494,6 +1672,58 @@ fn need_file_size(key: &str, path: &Path, file_size_bytes: Option<u64>, what: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A config whose one device file would go in the temp dir (which
+    /// exists; the file need not), with `table` as `[security]`.
+    fn with_security(table: &str) -> Result<Config> {
+        let device = std::env::temp_dir().join("osprey-config-test-security.dat");
+        let text = format!(
+            "[[namespace]]\nname = \"t\"\n[namespace.storage]\ndevices = [{:?}]\nfile-size = \"64M\"\n[security]\n{table}",
+            device.display().to_string()
+        );
+        Config::parse(&text, Path::new("/etc/osprey"))
+    }
+
+    #[test]
+    fn security_table() {
+        let off = with_security("").unwrap().security;
+        assert!(!off.enabled);
+        assert_eq!(off.session_ttl_s, 86_400);
+        assert_eq!(
+            off.store,
+            Some(std::env::temp_dir().join(DEFAULT_SECURITY_STORE_NAME)),
+            "default store beside the first device file"
+        );
+        let on = with_security(
+            "enabled = true\nsession-ttl = \"2h\"\nstore = \"users.dat\"\nadmin-password-file = \"pw\"",
+        )
+        .unwrap()
+        .security;
+        assert!(on.enabled);
+        assert_eq!(on.session_ttl_s, 7200);
+        assert_eq!(
+            on.store.as_deref(),
+            Some(Path::new("/etc/osprey/users.dat"))
+        );
+        assert_eq!(
+            on.admin_password_file.as_deref(),
+            Some(Path::new("/etc/osprey/pw"))
+        );
+        for (table, key) in [
+            ("enable = true", "security.enable"),
+            ("session-ttl = 0", "security.session-ttl"),
+            ("password-hash-cost = 4", "security.password-hash-cost"),
+            (
+                "login-failure-delay-ms = 500\nlogin-failure-max-delay-ms = 100",
+                "security.login-failure-max-delay-ms",
+            ),
+            ("admin-user = \"\"", "security.admin-user"),
+            ("store = \"\"", "security.store"),
+        ] {
+            let e = with_security(table).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{table}: {e}");
+        }
+    }
 
     #[test]
     fn sizes_and_durations() {

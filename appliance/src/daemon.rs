@@ -110,6 +110,12 @@ pub fn run(path: &Path, stop_signal: Arc<AtomicBool>) -> Result<(), DaemonError>
         log("info", &format!("config: {line}"));
     }
 
+    let security = crate::security::Security::start(
+        &config.security,
+        std::env::var(crate::security::ADMIN_PASSWORD_ENV).ok(),
+    )
+    .map_err(DaemonError)?;
+
     let cores = config.service.cores.max(1);
     let net = NetShared::new(cores).map_err(|e| DaemonError(format!("reactor set-up: {e}")))?;
 
@@ -201,6 +207,7 @@ pub fn run(path: &Path, stop_signal: Arc<AtomicBool>) -> Result<(), DaemonError>
         started: Instant::now(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         max_connections: config.service.max_connections as usize,
+        security: Arc::new(security),
     });
 
     let reactor_config = ReactorConfig {

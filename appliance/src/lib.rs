@@ -9,6 +9,7 @@
 pub mod config;
 pub mod daemon;
 pub mod info;
+pub mod security;
 pub mod service;
 pub mod state;
 

@@ -27,6 +27,8 @@ use osprey_net::wire::proto::{self, FrameKind};
 use osprey_net::wire::{admin, batch, compress, info as wire_info, msg, scan};
 
 use crate::info;
+use crate::security::privilege::Action;
+use crate::security::session::CoreSecurity;
 use crate::state::{CoreStats, ServerState};
 
 /// Digests read per scan step.
@@ -92,6 +94,8 @@ pub struct CoreService {
     /// Connections to report at the next poll (a scan step that yielded).
     yielded: Vec<ConnId>,
     index_buffer: Vec<IndexRecord>,
+    /// Sessions of this core's connections and the privilege checks.
+    security: CoreSecurity,
 }
 
 impl CoreService {
@@ -105,6 +109,7 @@ impl CoreService {
             );
         }
         let stats = state.cores[core].clone();
+        let security = CoreSecurity::new(state.security.clone());
         Ok(CoreService {
             state,
             stats,
@@ -115,6 +120,7 @@ impl CoreService {
             replies: Vec::new(),
             yielded: Vec::new(),
             index_buffer: Vec::new(),
+            security,
         })
     }
 
@@ -179,6 +185,10 @@ impl CoreService {
     }
 
     fn on_message(&mut self, conn: ConnId, body: &[u8], out: &mut Vec<u8>) -> Handled {
+        if let Err(code) = self.security.authenticated(conn) {
+            msg::write_result_reply(out, code);
+            return Handled::Replied;
+        }
         let message = match msg::parse(body) {
             Ok(m) => m,
             Err(_) => {
@@ -208,6 +218,23 @@ impl CoreService {
             msg::write_single_reply(out, &code_reply(ResultCode::NamespaceNotFound));
             return Handled::Replied;
         };
+        let request_body = &request.txn.request;
+        let set = std::str::from_utf8(&request_body.set_name).unwrap_or("\u{0}");
+        let action = if request_body.writes() {
+            Action::Write {
+                namespace: request.namespace,
+                set,
+            }
+        } else {
+            Action::Read {
+                namespace: request.namespace,
+                set,
+            }
+        };
+        if let Err(code) = self.security.check(conn, action) {
+            msg::write_result_reply(out, code);
+            return Handled::Replied;
+        }
         self.jobs.insert(conn, Job::Single { reply: None });
         self.submit(conn, 0, ns, request.txn);
         self.answer_now_or_park(conn, out)
@@ -251,6 +278,7 @@ impl CoreService {
             .fetch_add(parsed.len() as u64, Relaxed);
         let mut rows = Vec::with_capacity(parsed.len());
         let mut submits = Vec::new();
+        let mut refused = None;
         for (i, row) in parsed.iter().enumerate() {
             let mut slot = Row {
                 index: row.index,
@@ -262,10 +290,30 @@ impl CoreService {
                 Err(code) => slot.reply = Some(code_reply(code)),
                 Ok(request) => match self.state.namespace(request.namespace.as_bytes()) {
                     None => slot.reply = Some(code_reply(ResultCode::NamespaceNotFound)),
-                    Some(ns) => submits.push((i, ns, request.txn)),
+                    Some(ns) => {
+                        let set =
+                            std::str::from_utf8(&request.txn.request.set_name).unwrap_or("\u{0}");
+                        let namespace = request.namespace;
+                        let action = if request.txn.request.writes() {
+                            Action::Write { namespace, set }
+                        } else {
+                            Action::Read { namespace, set }
+                        };
+                        if let Err(code) = self.security.check(conn, action) {
+                            refused = Some(code);
+                        }
+                        submits.push((i, ns, request.txn))
+                    }
                 },
             }
             rows.push(slot);
+        }
+        if let Some(code) = refused {
+            // One row the user may not touch refuses the whole batch.
+            let start = proto::begin_frame(out, FrameKind::Msg);
+            msg::write_last(out, code);
+            proto::end_frame(out, start);
+            return Handled::Replied;
         }
         let waiting = submits.len();
         self.jobs.insert(conn, Job::Batch { rows, waiting });
@@ -291,6 +339,20 @@ impl CoreService {
             write_stream_end(out, ResultCode::NamespaceNotFound);
             return Handled::Replied;
         };
+        let set = request
+            .set
+            .map_or(Some(""), |s| std::str::from_utf8(s).ok())
+            .unwrap_or("\u{0}");
+        let action = Action::Read {
+            namespace: request.namespace,
+            set,
+        };
+        if let Err(code) = self.security.check(conn, action) {
+            let start = proto::begin_frame(out, FrameKind::Msg);
+            msg::write_last(out, code);
+            proto::end_frame(out, start);
+            return Handled::Replied;
+        }
         let index = &self.state.namespaces[ns].ns.index;
         // A set no record was ever written to has no id: nothing to scan.
         let set_id = request.set.map(|name| {
@@ -510,7 +572,7 @@ impl CoreService {
         }
     }
 
-    fn on_info(&mut self, body: &[u8], out: &mut Vec<u8>) -> Handled {
+    fn on_info(&mut self, conn: ConnId, body: &[u8], out: &mut Vec<u8>) -> Handled {
         CoreStats::bump(&self.stats.info_requests);
         let commands = match wire_info::parse_request(body) {
             Ok(c) => c,
@@ -522,28 +584,34 @@ impl CoreService {
         let start = proto::begin_frame(out, FrameKind::Info);
         if commands.is_empty() {
             for name in ["node", "build", "edition", "version"] {
-                let value = info::answer(&self.state, name, "");
+                let value = match self.security.info_refusal(conn, name, "") {
+                    Some(refusal) => refusal,
+                    None => info::answer(&self.state, name, ""),
+                };
                 wire_info::push_line(out, name, &value);
             }
         }
         for command in &commands {
-            let value = info::answer(&self.state, command.name, command.params);
+            let value = match self
+                .security
+                .info_refusal(conn, command.name, command.params)
+            {
+                Some(refusal) => refusal,
+                None => info::answer(&self.state, command.name, command.params),
+            };
             wire_info::push_line(out, command.text, &value);
         }
         proto::end_frame(out, start);
         Handled::Replied
     }
 
-    fn on_admin(&mut self, body: &[u8], out: &mut Vec<u8>) -> Handled {
+    fn on_admin(&mut self, conn: ConnId, body: &[u8], out: &mut Vec<u8>) -> Handled {
         CoreStats::bump(&self.stats.admin_requests);
         match admin::parse(body) {
-            Ok(_) => {
-                // Security is not configured: every admin command, LOGIN
-                // and AUTHENTICATE included, is answered "security not
-                // enabled", which clients with credentials accept.
-                admin::write_reply(out, SECURITY_NOT_ENABLED, &[]);
-                Handled::Replied
-            }
+            // With security off, every admin command (LOGIN and
+            // AUTHENTICATE included) is answered 52 "security not enabled",
+            // which clients with credentials accept.
+            Ok(request) => self.security.on_admin(conn, &request, out),
             Err(_) => {
                 CoreStats::bump(&self.stats.malformed);
                 Handled::Close
@@ -551,9 +619,6 @@ impl CoreService {
         }
     }
 }
-
-/// Result code 52 (spec §8, §9.2).
-const SECURITY_NOT_ENABLED: u8 = 52;
 
 fn write_stream_end(out: &mut Vec<u8>, code: ResultCode) {
     let start = proto::begin_frame(out, FrameKind::Msg);
@@ -578,8 +643,8 @@ impl Service for CoreService {
         out: &mut Vec<u8>,
     ) -> Handled {
         match kind {
-            FrameKind::Info => self.on_info(body, out),
-            FrameKind::Admin => self.on_admin(body, out),
+            FrameKind::Info => self.on_info(conn, body, out),
+            FrameKind::Admin => self.on_admin(conn, body, out),
             FrameKind::Msg => self.on_message(conn, body, out),
             FrameKind::Compressed => {
                 CoreStats::bump(&self.stats.compressed_requests);
@@ -610,14 +675,26 @@ impl Service for CoreService {
         if self.collect(ready) {
             progressed = true;
         }
+        // Throttled LOGINs whose wait is over.
+        if self.security.poll(ready) {
+            progressed = true;
+        }
         progressed
     }
 
     fn resume(&mut self, conn: ConnId, out: &mut Vec<u8>) -> Handled {
+        if let Some(handled) = self.security.resume(conn, out) {
+            return handled;
+        }
         self.finish(conn, out)
     }
 
+    fn opened(&mut self, conn: ConnId, peer: Option<std::net::SocketAddr>) {
+        self.security.opened(conn, peer);
+    }
+
     fn closed(&mut self, conn: ConnId) {
+        self.security.closed(conn);
         // Transactions in flight still finish in the engine; their replies
         // find no job and are dropped.
         self.jobs.remove(&conn);

@@ -14,6 +14,8 @@ use osprey_engine::storage::namespace::Namespace;
 use osprey_engine::storage::supervisor::SupervisorConfig;
 use osprey_net::reactor::NetShared;
 
+use crate::security::Security;
+
 /// The Aerospike server version the daemon reports to `build`: clients
 /// check it to decide which protocol features to use (spec §2.1, §10.3).
 /// 7.2 gives the batch and partition-scan forms the codec implements,
@@ -90,6 +92,8 @@ pub struct ServerState {
     pub started: Instant,
     pub version: String,
     pub max_connections: usize,
+    /// Users, roles and sessions' shared half (`crate::security`).
+    pub security: Arc<Security>,
 }
 
 impl ServerState {
