@@ -3,6 +3,8 @@
 //! binary under `src/bin/`.
 #![deny(unsafe_code)]
 
+pub mod bench;
+
 use std::fmt::Write as _;
 
 /// Prints a results table: a header row, a rule, then `rows`, columns
