@@ -28,7 +28,7 @@ use osprey_net::reactor::{self, NetShared, Reactor, ReactorConfig};
 
 use crate::config::{self, Config, DeviceSpec};
 use crate::service::CoreService;
-use crate::state::{percent, CoreStats, NamespaceRuntime, ServerState};
+use crate::state::{percent, CoreStats, NamespaceRuntime, NamespaceSnapshot, ServerState};
 
 /// Why the daemon could not start or stop cleanly; the message is printed
 /// as is and names the key, device or address at fault.
@@ -449,32 +449,25 @@ fn ticker_lines(state: &ServerState, last: &Ticker, period: Duration) -> Ticker 
     );
     for runtime in &state.namespaces {
         let ns = &runtime.ns;
-        let index = ns.index.stats();
-        let (used, capacity) = ns.device_usage();
-        let free: usize = ns.devices.iter().map(|d| d.wblocks.free_count()).sum();
-        let defrag_q: usize = ns
-            .devices
-            .iter()
-            .map(|d| d.wblocks.defrag_queue_len())
-            .sum();
+        let snap = NamespaceSnapshot::of(ns);
         let s = &ns.stats;
-        let hits = s.cache_hits.load(Relaxed);
-        let device_reads = s.device_reads.load(Relaxed);
         log(
             "info",
             &format!(
                 "ticker: namespace {}: objects {} tombstones {}; device used {} of {} ({}%), \
-                 free wblocks {free}, defrag queue {defrag_q} (moved {}, freed {}); \
+                 free wblocks {}, defrag queue {} (moved {}, freed {}); \
                  cache hits {}%; device reads {} writes {}; overloads {}",
                 runtime.name,
-                index.records,
-                index.tombstones,
-                config::human_bytes(used),
-                config::human_bytes(capacity),
-                percent(used, capacity),
+                snap.objects,
+                snap.tombstones,
+                config::human_bytes(snap.used_bytes),
+                config::human_bytes(snap.capacity_bytes),
+                percent(snap.used_bytes, snap.capacity_bytes),
+                snap.free_wblocks,
+                snap.defrag_queue,
                 s.defrag_moved.load(Relaxed),
                 s.defrag_freed.load(Relaxed),
-                percent(hits, hits + device_reads),
+                snap.cache_hit_pct,
                 s.device_reads.load(Relaxed),
                 s.device_writes.load(Relaxed),
                 s.overloads.load(Relaxed),

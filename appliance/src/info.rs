@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use osprey_engine::storage::namespace::Namespace;
 use osprey_net::wire::info::param;
 
-use crate::state::{percent, ServerState, COMPATIBLE_BUILD};
+use crate::state::{percent, NamespaceSnapshot, ServerState, COMPATIBLE_BUILD};
 
 /// Partitions per namespace (fixed by the protocol).
 const PARTITIONS: u32 = 4096;
@@ -164,18 +164,11 @@ fn statistics(state: &ServerState) -> String {
 pub fn namespace_statistics(state: &ServerState, i: usize) -> String {
     let runtime = &state.namespaces[i];
     let ns: &Namespace = &runtime.ns;
-    let index = ns.index.stats();
-    let (used, capacity) = ns.device_usage();
-    let free_wblocks: usize = ns.devices.iter().map(|d| d.wblocks.free_count()).sum();
-    let defrag_queue: usize = ns
-        .devices
-        .iter()
-        .map(|d| d.wblocks.defrag_queue_len())
-        .sum();
+    let snap = NamespaceSnapshot::of(ns);
+    let (used, capacity) = (snap.used_bytes, snap.capacity_bytes);
+    let (free_wblocks, defrag_queue) = (snap.free_wblocks, snap.defrag_queue);
     let s = &ns.stats;
     let reads = s.reads.load(Relaxed);
-    let hits = s.cache_hits.load(Relaxed);
-    let device_reads = s.device_reads.load(Relaxed);
     let mut out = String::new();
     let _ = write!(
         out,
@@ -187,20 +180,17 @@ pub fn namespace_statistics(state: &ServerState, i: usize) -> String {
          device_writes={};device_write_bytes={};client_writes={};client_deletes={};\
          checksum_failures={};device_overloads={};stop_writes_refusals={};\
          defrag_reads={};defrag_moved={};defrag_freed={}",
-        index.records,
-        index.tombstones,
+        snap.objects,
+        snap.tombstones,
         runtime.replication_factor,
         runtime.default_ttl_s,
         runtime.nsup_period_s,
         100 - percent(used, capacity),
-        percent(
-            free_wblocks as u64 * u64::from(ns.config.write_block_bytes),
-            capacity,
-        ),
-        index.shm_bytes_in_use,
-        index.shm_bytes_reserved,
-        index.huge_pages,
-        percent(hits, hits + device_reads),
+        percent(snap.free_bytes, capacity),
+        snap.index_shm_bytes_in_use,
+        snap.index_shm_bytes_reserved,
+        snap.index_huge_pages,
+        snap.cache_hit_pct,
         s.device_reads.load(Relaxed),
         s.device_writes.load(Relaxed),
         s.device_write_bytes.load(Relaxed),

@@ -132,3 +132,48 @@ impl ServerState {
 pub fn percent(part: u64, whole: u64) -> u64 {
     part.saturating_mul(100).checked_div(whole).unwrap_or(0)
 }
+
+/// A namespace's storage figures at one moment, for the ticker and the
+/// `namespace/<ns>` info command.
+pub struct NamespaceSnapshot {
+    pub objects: u64,
+    pub tombstones: u64,
+    pub index_shm_bytes_in_use: u64,
+    pub index_shm_bytes_reserved: u64,
+    pub index_huge_pages: bool,
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+    pub free_wblocks: usize,
+    pub free_bytes: u64,
+    pub defrag_queue: usize,
+    /// Reads served from RAM blocks, as a percentage of all record loads.
+    pub cache_hit_pct: u64,
+}
+
+impl NamespaceSnapshot {
+    pub fn of(ns: &Namespace) -> NamespaceSnapshot {
+        let index = ns.index.stats();
+        let (used_bytes, capacity_bytes) = ns.device_usage();
+        let free_wblocks: usize = ns.devices.iter().map(|d| d.wblocks.free_count()).sum();
+        let defrag_queue = ns
+            .devices
+            .iter()
+            .map(|d| d.wblocks.defrag_queue_len())
+            .sum();
+        let hits = ns.stats.cache_hits.load(Relaxed);
+        let device_reads = ns.stats.device_reads.load(Relaxed);
+        NamespaceSnapshot {
+            objects: index.records,
+            tombstones: index.tombstones,
+            index_shm_bytes_in_use: index.shm_bytes_in_use,
+            index_shm_bytes_reserved: index.shm_bytes_reserved,
+            index_huge_pages: index.huge_pages,
+            used_bytes,
+            capacity_bytes,
+            free_wblocks,
+            free_bytes: free_wblocks as u64 * u64::from(ns.config.write_block_bytes),
+            defrag_queue,
+            cache_hit_pct: percent(hits, hits + device_reads),
+        }
+    }
+}
