@@ -15,7 +15,8 @@
 //!  36   4  void time (s since 2010-01-01, 0 = never)
 //!  40   8  last-update time (ms since 2010-01-01)
 //!  48   2  bin count
-//!  50   …  set name bytes
+//!  50   8  life of the write block the image was written into (see below)
+//!  58   …  set name bytes
 //!       …  user key, if stored: particle type u8, length u32, bytes
 //!       …  bins: name length u8 (1..=15), name, particle type u8,
 //!          value length u32, value bytes
@@ -24,6 +25,18 @@
 //!
 //! Decoding never trusts the bytes: every length is bounds-checked and any
 //! inconsistency is an [`ImageError`] naming the offset, never a panic.
+//!
+//! # Life
+//!
+//! A write block is reused after it empties, and its new life's first write
+//! is meant to erase the old one. A drive with a volatile cache can lose any
+//! part of that write at a power cut, so sectors of the old life can come
+//! back from the media behind records of the new one. Every image therefore
+//! carries the *life* of the block it sits in: a number the writer draws
+//! each time it opens a block (unique per device, see `storage::namespace`),
+//! and a cold scan of a block adopts only images of its first image's life.
+//! The life is a property of where an image is stored, not of the record: a
+//! copy into another block (defrag) is restamped with [`restamp_life`].
 
 use std::fmt;
 
@@ -31,7 +44,9 @@ use crate::digest::{Digest, DIGEST_LEN};
 
 pub const RBLOCK_BYTES: usize = 16;
 pub const IMAGE_MAGIC: u32 = u32::from_le_bytes(*b"OSRC");
-pub const IMAGE_HEADER_BYTES: usize = 50;
+pub const IMAGE_HEADER_BYTES: usize = 58;
+/// Offset of the life field in an image.
+const LIFE_AT: usize = 50;
 pub const MAX_BIN_NAME_BYTES: usize = 15;
 pub const MAX_SET_NAME_BYTES: usize = 63;
 
@@ -337,8 +352,9 @@ impl Record {
         len.div_ceil(RBLOCK_BYTES) * RBLOCK_BYTES
     }
 
-    /// Writes the image into `out`, which must be exactly `image_len()` bytes.
-    pub fn encode_into(&self, out: &mut [u8]) -> Result<(), EncodeError> {
+    /// Writes the image into `out`, which must be exactly `image_len()` bytes,
+    /// stamped with the `life` of the write block it goes into.
+    pub fn encode_into(&self, out: &mut [u8], life: u64) -> Result<(), EncodeError> {
         if self.set_name.len() > MAX_SET_NAME_BYTES {
             return Err(EncodeError::SetNameTooLong(self.set_name.len()));
         }
@@ -368,6 +384,7 @@ impl Record {
         out[36..40].copy_from_slice(&self.void_time.to_le_bytes());
         out[40..48].copy_from_slice(&self.last_update_ms.to_le_bytes());
         out[48..50].copy_from_slice(&(self.bins.len() as u16).to_le_bytes());
+        out[LIFE_AT..LIFE_AT + 8].copy_from_slice(&life.to_le_bytes());
         let mut at = IMAGE_HEADER_BYTES;
         fn put(out: &mut [u8], at: &mut usize, bytes: &[u8]) {
             out[*at..*at + bytes.len()].copy_from_slice(bytes);
@@ -396,11 +413,34 @@ impl Record {
     }
 
     /// The image as a new vector (tests and tools; the write path encodes in place).
-    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+    pub fn encode(&self, life: u64) -> Result<Vec<u8>, EncodeError> {
         let mut out = vec![0u8; self.image_len()];
-        self.encode_into(&mut out)?;
+        self.encode_into(&mut out, life)?;
         Ok(out)
     }
+}
+
+/// The write-block life stamped in an image (see the module doc). The
+/// caller has verified the image ([`decode`]); a shorter slice has none.
+pub fn image_life(image: &[u8]) -> Option<u64> {
+    let field = image.get(LIFE_AT..LIFE_AT + 8)?;
+    Some(u64::from_le_bytes(field.try_into().ok()?))
+}
+
+/// Restamps a whole, verified image with another block's life and
+/// recomputes its checksum: defrag copies an image unchanged but for the
+/// life of the block it moves into, or a cold scan of that block would stop
+/// at the copy and lose it (and every record after it).
+pub fn restamp_life(image: &mut [u8], life: u64) {
+    assert!(
+        image.len() >= IMAGE_HEADER_BYTES,
+        "restamping a {}-byte slice, not an image",
+        image.len()
+    );
+    image[LIFE_AT..LIFE_AT + 8].copy_from_slice(&life.to_le_bytes());
+    image[8..12].fill(0);
+    let crc = crc32c::crc32c(image);
+    image[8..12].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The size in bytes of the image starting at `bytes`, if it starts with a
@@ -611,7 +651,7 @@ mod tests {
     proptest! {
         #[test]
         fn images_round_trip(r in record()) {
-            let image = r.encode().unwrap();
+            let image = r.encode(7).unwrap();
             prop_assert_eq!(image.len() % RBLOCK_BYTES, 0);
             prop_assert_eq!(peek_image_len(&image), Some(image.len()));
             prop_assert_eq!(decode(&image, Some(&r.digest)).unwrap(), r.clone());
@@ -622,8 +662,18 @@ mod tests {
         }
 
         #[test]
+        fn a_restamped_image_is_the_same_record_with_another_life(r in record(), life in any::<u64>()) {
+            let mut image = r.encode(7).unwrap();
+            prop_assert_eq!(image_life(&image), Some(7));
+            restamp_life(&mut image, life);
+            prop_assert_eq!(image_life(&image), Some(life));
+            prop_assert_eq!(decode(&image, Some(&r.digest)).unwrap(), r.clone());
+            prop_assert_eq!(image, r.encode(life).unwrap());
+        }
+
+        #[test]
         fn any_flipped_byte_is_caught(r in record(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
-            let mut image = r.encode().unwrap();
+            let mut image = r.encode(7).unwrap();
             let i = at.index(image.len());
             image[i] ^= 1 << bit;
             prop_assert!(decode(&image, None).is_err());
@@ -639,7 +689,7 @@ mod tests {
         fn consistent_images_with_bad_fields_are_refused_cleanly(r in record(), cut in 0usize..64) {
             // Re-checksum a damaged image so that only the structure check can
             // catch it: a shortened bin count region or a lying length.
-            let mut image = r.encode().unwrap();
+            let mut image = r.encode(7).unwrap();
             if image.len() > IMAGE_HEADER_BYTES + cut {
                 let i = IMAGE_HEADER_BYTES + cut;
                 image[i] = image[i].wrapping_add(1);
@@ -688,11 +738,11 @@ mod tests {
             }],
             ..Default::default()
         };
-        let mut image = r.encode().unwrap();
+        let mut image = r.encode(7).unwrap();
         assert_eq!(
             image.len(),
             80,
-            "50-byte header + 15-byte bin, rounded to rblocks"
+            "58-byte header + 15-byte bin, rounded to rblocks"
         );
         let other = Digest::compute("demo", &UserKey::String("key2".into()));
         let e = decode(&image, Some(&other)).unwrap_err();

@@ -17,9 +17,8 @@ const QUICK_RECORDS: u64 = 6_000;
 const KEY_RANGE: std::ops::Range<i64> = 0x5B00_0000..0x5C00_0000;
 
 /// Figures with a fio baseline, then the one without.
-const FIO_FIGURES: [&str; 5] = [
+const FIO_FIGURES: [&str; 4] = [
     "random 4 KiB-record reads",
-    "random reads vs fio 8k",
     "sustained 1 KiB writes",
     "cold start scan",
     "warm start",

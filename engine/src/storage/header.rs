@@ -35,9 +35,9 @@
 //! ```text
 //! off size field
 //!   0   8  magic "OSPRYDEV"
-//!   8   4  format version (1)
+//!   8   4  format version (2)
 //!  12   4  used length: bytes of this slot the header occupies,
-//!          112 + 72 × truncation count
+//!          120 + 72 × truncation count
 //!  16   4  CRC-32C of bytes 0..used, computed with this field zero
 //!  20   4  truncation count (0..=908)
 //!  24   8  sequence (+1 per header write; the slot is sequence % 2)
@@ -52,13 +52,20 @@
 //!  93   3  zero
 //!  96   8  shutdown id (meaningful when trusted)
 //! 104   8  last-update watermark, ms since 2010-01-01 (set at clean shutdown)
-//! 112   …  truncations, 72 bytes each:
+//! 112   8  next life: the first write-block life the next start may draw
+//! 120   …  truncations, 72 bytes each:
 //!            +0  1  set name length (0 = the whole namespace, else 1..=63)
 //!            +1 63  set name (UTF-8), zero padded
 //!           +64  8  cutoff: records last updated before this time
 //!                   (ms since 2010-01-01) are truncated
 //!   used…  zero up to the end of the slot (not covered by the checksum)
 //! ```
+//!
+//! Version 2 added the next life (and image lives, `record.rs`): every start
+//! takes the range of lives from it up for its own write blocks and writes
+//! the header with the range's end before it writes anything else, so no
+//! two openings of a block in the device's history share a life — even
+//! across crashes, whatever a cold scan can or cannot see.
 //!
 //! Bytes 0..20 (magic, version, used length, checksum) keep this meaning in
 //! every format version, so a header of another version is still verified by
@@ -91,9 +98,9 @@ pub const HEADER_SLOT_BYTES: usize = 64 << 10;
 /// Header slots in the region.
 pub const HEADER_SLOTS: usize = 2;
 pub const HEADER_MAGIC: [u8; 8] = *b"OSPRYDEV";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes of a header without truncations.
-pub const HEADER_FIXED_BYTES: usize = 112;
+pub const HEADER_FIXED_BYTES: usize = 120;
 /// Bytes of one truncation entry.
 pub const TRUNCATION_ENTRY_BYTES: usize = 72;
 /// Truncation entries that fit one slot beside the fixed part.
@@ -145,7 +152,8 @@ mod at {
     pub const RESERVED: usize = 93;
     pub const SHUTDOWN_ID: usize = 96;
     pub const LUT_WATERMARK: usize = 104;
-    pub const TRUNCATIONS: usize = 112;
+    pub const NEXT_LIFE: usize = 112;
+    pub const TRUNCATIONS: usize = 120;
 }
 
 /// Field offsets within one truncation entry.
@@ -188,6 +196,9 @@ pub struct DeviceHeader {
     /// after it, so a key re-created after a plain delete outranks the
     /// deleted image even when times ran ahead of the clock.
     pub lut_watermark_ms: u64,
+    /// The first write-block life (see `record.rs`) the next start may draw:
+    /// above every life any earlier start could have stamped on the device.
+    pub next_life: u64,
     pub truncations: Vec<Truncation>,
 }
 
@@ -479,6 +490,7 @@ impl DeviceHeader {
             at::LUT_WATERMARK,
             &self.lut_watermark_ms.to_le_bytes(),
         );
+        put(slot, at::NEXT_LIFE, &self.next_life.to_le_bytes());
         for (i, t) in self.truncations.iter().enumerate() {
             let base = at::TRUNCATIONS + i * TRUNCATION_ENTRY_BYTES;
             let set = t.set_name.as_deref().unwrap_or("");
@@ -703,6 +715,7 @@ pub fn decode(slot: &[u8]) -> Result<DeviceHeader, HeaderError> {
         trusted,
         shutdown_id: u64_at(bytes, at::SHUTDOWN_ID),
         lut_watermark_ms: u64_at(bytes, at::LUT_WATERMARK),
+        next_life: u64_at(bytes, at::NEXT_LIFE),
         truncations,
     })
 }
@@ -973,6 +986,7 @@ mod tests {
             trusted: false,
             shutdown_id: 0,
             lut_watermark_ms: 533_000_000_000,
+            next_life: 3 << 40,
             truncations: vec![
                 Truncation {
                     set_name: None,
@@ -1033,7 +1047,7 @@ mod tests {
             1u32..,
             any::<u64>(),
             any::<bool>(),
-            (any::<u64>(), any::<u64>()),
+            (any::<u64>(), any::<u64>(), any::<u64>()),
             proptest::collection::vec(
                 (proptest::option::of(name(MAX_SET_NAME_BYTES)), any::<u64>()),
                 0..40,
@@ -1048,7 +1062,7 @@ mod tests {
                     write_block_bytes,
                     device_bytes,
                     trusted,
-                    (shutdown_id, lut_watermark_ms),
+                    (shutdown_id, lut_watermark_ms, next_life),
                     truncations,
                 )| DeviceHeader {
                     sequence,
@@ -1061,6 +1075,7 @@ mod tests {
                     trusted,
                     shutdown_id,
                     lut_watermark_ms,
+                    next_life,
                     truncations: truncations
                         .into_iter()
                         .map(|(set_name, before_ms)| Truncation {
@@ -1169,15 +1184,16 @@ mod tests {
         );
         assert!(decode(&slot[..12]).is_err());
 
-        let mut v2 = slot.clone();
-        put(&mut v2, at::VERSION, &2u32.to_le_bytes());
-        let e = decode(&v2).unwrap_err();
+        // Version 1 (before write-block lives) is refused as another format.
+        let mut v1 = slot.clone();
+        put(&mut v1, at::VERSION, &1u32.to_le_bytes());
+        let e = decode(&v1).unwrap_err();
         assert!(
             matches!(e, HeaderError::Corrupt { offset: 16, .. }),
             "unsealed: {e}"
         );
-        reseal(&mut v2, sample().used_bytes());
-        assert_eq!(decode(&v2), Err(HeaderError::Version { found: 2 }));
+        reseal(&mut v1, sample().used_bytes());
+        assert_eq!(decode(&v1), Err(HeaderError::Version { found: 1 }));
     }
 
     #[test]

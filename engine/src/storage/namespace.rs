@@ -131,9 +131,21 @@ pub struct DeviceSlot {
     /// Per writer (core): the free epoch of its oldest record not yet on
     /// this device, or `u64::MAX`. See `wblocks.rs` on reuse.
     pub(crate) writers: Mutex<Vec<Arc<AtomicU64>>>,
+    /// The next write-block life to draw, and the end of this run's range
+    /// (see [`LIVES_PER_RUN`]).
+    next_life: AtomicU64,
+    lives_end: u64,
 }
 
 impl DeviceSlot {
+    /// A new life for a write block being opened for writing: never drawn
+    /// before on this device. `None` once this run's range is used up (2^40
+    /// openings: not reachable in practice, but never wrap into an old life).
+    pub(crate) fn draw_life(&self) -> Option<u64> {
+        let life = self.next_life.fetch_add(1, Relaxed);
+        (life < self.lives_end).then_some(life)
+    }
+
     /// Free blocks stamped before this epoch may be reused: every record
     /// any writer appended before it is on the device.
     pub(crate) fn durable_horizon(&self) -> u64 {
@@ -221,6 +233,10 @@ pub struct ScanSummary {
     pub truncated: u64,
     pub bad_images: u64,
     pub bytes_scanned: u64,
+    /// Valid images a block's scan stopped at because they carry another
+    /// life than the block's first image: left from an earlier life of the
+    /// block (its new first write did not land whole), never adopted.
+    pub other_life: u64,
     /// The latest last-update time of any image found, adopted or not.
     pub max_lut_ms: u64,
     pub elapsed: Duration,
@@ -279,6 +295,18 @@ pub struct Namespace {
 }
 
 const START_IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Write-block lives each start takes for itself (see [`DeviceSlot::draw_life`]).
+///
+/// Why a range per start written to the header, not "the highest life a cold
+/// scan saw, plus one": the images that most need a life different from the
+/// new one are those the scan could *not* see — stale images hidden behind a
+/// gap, the very ones this defends against — and if the newest life's images
+/// were all lost or hidden, the scan would hand that life out again, to a
+/// block that may still hold hidden images of it. The header write at the
+/// end of `open` is flushed before any record is written, so the range's end
+/// is durable before any life in it is used, and a crash at any point leaves
+/// the next start above every life this one drew.
+pub const LIVES_PER_RUN: u64 = 1 << 40;
 /// Write blocks read at once per device during a cold scan.
 const SCAN_DEPTH: usize = 8;
 
@@ -300,6 +328,7 @@ impl Namespace {
         }
         let count = devices.len() as u32;
         let mut headers = Vec::with_capacity(devices.len());
+        let mut prior_lives = Vec::with_capacity(devices.len());
         let mut instance_id = None;
         for (i, device) in devices.iter().enumerate() {
             let mut queue = device
@@ -315,6 +344,13 @@ impl Namespace {
                 device_bytes: device.info().size_bytes,
                 instance_id,
             };
+            // A header being replaced (cold-start-empty) still bounds the
+            // lives its images may carry: the new format continues above them.
+            if let Ok(h) = &read {
+                prior_lives.push(h.next_life);
+            } else {
+                prior_lives.push(0);
+            }
             let found = match read {
                 Ok(h) => match h.check(&expected) {
                     Ok(()) => Some(h),
@@ -363,7 +399,12 @@ impl Namespace {
             }
         }
         let mut slots = Vec::with_capacity(devices.len());
-        for (i, (device, found)) in devices.into_iter().zip(headers).enumerate() {
+        for (i, ((device, found), prior_life)) in devices
+            .into_iter()
+            .zip(headers)
+            .zip(prior_lives)
+            .enumerate()
+        {
             let size = device.info().size_bytes;
             let header = found.unwrap_or_else(|| DeviceHeader {
                 sequence: 0,
@@ -376,10 +417,21 @@ impl Namespace {
                 trusted: false,
                 shutdown_id: 0,
                 lut_watermark_ms: 0,
+                next_life: prior_life,
                 truncations: Vec::new(),
             });
             let mut header = header;
             header.truncations = truncations.clone();
+            // This run's lives; the header written before serving records
+            // the range's end (see `LIVES_PER_RUN`).
+            let lives_start = header.next_life;
+            let Some(lives_end) = lives_start.checked_add(LIVES_PER_RUN) else {
+                return Err(StartError::Device(format!(
+                    "device {}: write-block lives exhausted (next life {lives_start}); the device must be re-formatted",
+                    device.info().name
+                )));
+            };
+            header.next_life = lives_end;
             let wblocks = WblockTable::new(
                 HEADER_REGION_BYTES,
                 size,
@@ -396,6 +448,8 @@ impl Namespace {
                 cache_capacity: config.post_write_cache_blocks as usize,
                 header: Mutex::new(header),
                 writers: Mutex::new(Vec::new()),
+                next_life: AtomicU64::new(lives_start),
+                lives_end,
             });
         }
 
@@ -559,6 +613,7 @@ impl Namespace {
                             t.older += s.older;
                             t.bad_images += s.bad_images;
                             t.bytes_scanned += s.bytes_scanned;
+                            t.other_life += s.other_life;
                             t.max_lut_ms = t.max_lut_ms.max(s.max_lut_ms);
                         }
                         Err(e) => {
@@ -647,6 +702,20 @@ impl Namespace {
     /// 16-byte steps; a flush pads to the device's minimum I/O unit, so a
     /// blank or bad image mid-unit skips to the next unit, and one at a unit
     /// start ends the block's data.
+    ///
+    /// The block's life is that of its first image, and the first image of
+    /// another life ends the block's data too. The whole-block first write
+    /// of a reused block is meant to erase its previous life, but with a
+    /// volatile drive cache a power cut can keep some of that write's
+    /// sectors and lose others, which revert to the previous life's bytes;
+    /// a record of the new life can then fill what would have been the gap
+    /// the scan stops at, and without lives the scan would walk on into the
+    /// stale images behind it — records that may have been superseded,
+    /// deleted, or found absent by an earlier cold start, brought back.
+    /// Lives are never reused on a device (`LIVES_PER_RUN`), so an image of
+    /// the first image's life was written in the same opening of the block,
+    /// after it: what the block held before is never adopted past the point
+    /// where its current life's data stops.
     fn scan_block(
         &self,
         d: usize,
@@ -658,14 +727,21 @@ impl Namespace {
         let slot = &self.devices[d];
         let base_rblock = slot.wblocks.offset_of(wblock) / RBLOCK_BYTES as u64;
         let mut at = 0usize;
+        let mut block_life = None;
         while at + record::IMAGE_HEADER_BYTES <= bytes.len() {
             let image = match record::peek_image_len(&bytes[at..]) {
-                Some(len) if at + len <= bytes.len() => {
-                    record::decode(&bytes[at..at + len], None).ok()
-                }
+                Some(len) if at + len <= bytes.len() => record::decode(&bytes[at..at + len], None)
+                    .ok()
+                    .map(|r| (r, record::image_life(&bytes[at..]))),
                 _ => None,
             };
-            let Some(image) = image else {
+            if let Some((_, life)) = &image {
+                if *block_life.get_or_insert(*life) != *life {
+                    summary.other_life += 1;
+                    break;
+                }
+            }
+            let Some((image, _)) = image else {
                 if at % unit == 0 {
                     if bytes[at..at + RBLOCK_BYTES].iter().any(|&b| b != 0) {
                         summary.bad_images += 1;
