@@ -706,7 +706,7 @@ impl Service for CoreService {
 
     fn shutdown(&mut self) {
         for (storage, runtime) in self.storages.iter_mut().zip(&self.state.namespaces) {
-            if let Err(e) = storage.flush_all(std::time::Duration::from_secs(120)) {
+            if let Err(e) = storage.flush_for_shutdown(std::time::Duration::from_secs(120)) {
                 eprintln!("namespace {}: flush at shutdown: {e}", runtime.name);
             }
         }

@@ -264,3 +264,80 @@ fn defrag_under_concurrent_writes_reads_and_deletes_loses_and_resurrects_nothing
         }
     }
 }
+
+/// `ospreyd` took tens of seconds to stop after a cold start: its clean
+/// shutdown flushed with `flush_all`, which also drained the whole defrag
+/// queue, and each defragmented block's copies sat in an open buffer for
+/// `flush-max-ms` before being written. A shutdown now finishes only the
+/// defrag under way; the queued blocks are found again by the next start.
+#[test]
+fn a_shutdown_flush_does_not_wait_for_the_defrag_queue() {
+    let mem = MemoryDevice::new("mem0", 16 * MIB, 4096, 64);
+    let devices: Vec<Arc<dyn Device>> = vec![Arc::new(mem.clone())];
+    let index = small_config(16);
+    let _guard = SegmentsGuard(index.clone());
+    let start = |c: StorageConfig| {
+        let (ns, kind) =
+            Namespace::open(c, &index, devices.clone(), Arc::new(system_clock)).unwrap();
+        (Arc::new(ns), kind)
+    };
+    // Leave many light blocks: rewrite 3 keys in 4 with defrag off.
+    let mut no_defrag = config();
+    no_defrag.defrag_lwm_pct = 0;
+    let (ns, _) = start(no_defrag);
+    let mut core = CoreStorage::new(ns.clone()).unwrap();
+    let keys = 2000u64;
+    let mut model = HashMap::new();
+    for n in 0..keys {
+        assert_eq!(core.run(put(n, n as i64)).result, ResultCode::Ok);
+        model.insert(n, n as i64);
+    }
+    for n in (0..keys).filter(|n| n % 4 != 0) {
+        let v = n as i64 + 1_000_000;
+        assert_eq!(core.run(put(n, v)).result, ResultCode::Ok);
+        model.insert(n, v);
+    }
+    core.flush_all(Duration::from_secs(60)).unwrap();
+    // A crash: the next start is cold and queues the light blocks.
+    drop(core);
+    drop(ns);
+    let mut slow = config();
+    slow.flush_max_ms = 1000;
+    let (ns, kind) = start(slow.clone());
+    assert!(matches!(kind, StartKind::Cold { .. }), "{kind:?}");
+    let queued: usize = ns
+        .devices
+        .iter()
+        .map(|s| s.wblocks.defrag_queue_len())
+        .sum();
+    assert!(queued > 3, "the cold start queued light blocks: {queued}");
+    let mut core = CoreStorage::new(ns.clone()).unwrap();
+    // Serving: defrag is under way when the stop comes.
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        core.poll(&mut out);
+    }
+    assert!(core.busy(), "a defrag job is under way");
+    let started = Instant::now();
+    core.flush_for_shutdown(Duration::from_secs(60)).unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "a shutdown flush took {took:?} with {queued} blocks queued: it waited for the queue"
+    );
+    drop(core);
+    Arc::try_unwrap(ns).ok().unwrap().shutdown().unwrap();
+    // Warm: every record is there, and defrag carries on from the walk.
+    let (ns, kind) = start(slow);
+    assert!(matches!(kind, StartKind::Warm { .. }), "{kind:?}");
+    let mut core = CoreStorage::new(ns.clone()).unwrap();
+    for (n, v) in &model {
+        assert_eq!(value(&core.run(get(*n))), Some(*v), "record {n}");
+    }
+    assert!(
+        ns.devices[0].wblocks.defrag_queue_len() > 0 || core.busy(),
+        "the light blocks are queued again after the warm start"
+    );
+    drop(core);
+    drop(ns);
+}

@@ -191,6 +191,8 @@ pub struct CoreStorage {
     /// of capacity `read_buffer_bytes[d]`.
     read_pool: Vec<Vec<crate::device::IoBuffer>>,
     read_buffer_bytes: Vec<usize>,
+    /// Shutdown: finish defrag under way, start none.
+    defrag_paused: bool,
 }
 
 impl Drop for CoreStorage {
@@ -241,6 +243,7 @@ impl CoreStorage {
             delayed: Vec::new(),
             read_pool,
             read_buffer_bytes,
+            defrag_paused: false,
         })
     }
 
@@ -305,29 +308,68 @@ impl CoreStorage {
         }
     }
 
-    /// Writes every open buffer and waits for all device work (shutdown).
+    /// Writes every open buffer and waits for all device work, defrag
+    /// included (tests and tools that want a quiet device).
     pub fn flush_all(&mut self, timeout: Duration) -> Result<(), String> {
+        self.flush_everything(timeout, true)
+    }
+
+    /// Writes every open buffer and waits for client writes and for defrag
+    /// already under way, but starts no further defrag: the daemon's clean
+    /// shutdown. Blocks still queued for defrag stay queued; the next start
+    /// queues them again from its walk. (Draining the whole queue could take
+    /// a `flush-max-ms` per block.)
+    pub fn flush_for_shutdown(&mut self, timeout: Duration) -> Result<(), String> {
+        self.flush_everything(timeout, false)
+    }
+
+    fn flush_everything(&mut self, timeout: Duration, drain_defrag: bool) -> Result<(), String> {
+        self.defrag_paused = !drain_defrag;
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        // Open buffers are written now; during a shutdown also the ones
+        // the defrag under way fills later (see below).
         for d in 0..self.open.len() {
             if let Some(buffer) = self.open[d].take() {
                 self.retiring.push((d, buffer));
             }
         }
-        self.settle_retiring();
-        let deadline = Instant::now() + timeout;
-        let mut out = Vec::new();
-        while self.busy() || !self.retiring.is_empty() {
-            self.poll(&mut out);
+        let result = loop {
+            if self.defrag_paused {
+                // Jobs neither reading nor moving (not begun, or waiting
+                // for room) go back to the queue.
+                let ns = Arc::clone(&self.ns);
+                self.defrag_jobs.retain(|job| {
+                    let started = job.reading || job.moved;
+                    if !started {
+                        ns.devices[job.device].wblocks.requeue_defrag(job.wblock);
+                    }
+                    started
+                });
+                // Copies of the defrag under way land in open buffers:
+                // write them at once rather than a flush-max-ms later.
+                for d in 0..self.open.len() {
+                    if let Some(buffer) = self.open[d].take() {
+                        self.retiring.push((d, buffer));
+                    }
+                }
+            }
             self.settle_retiring();
+            if !self.busy() && self.retiring.is_empty() {
+                break Ok(());
+            }
+            self.poll(&mut out);
             if Instant::now() > deadline {
-                return Err(format!(
+                break Err(format!(
                     "{} device operations still pending after {timeout:?}",
                     self.parked.len()
                 ));
             }
             std::thread::yield_now();
-        }
+        };
+        self.defrag_paused = false;
         self.ready.extend(out);
-        Ok(())
+        result
     }
 
     fn token(&mut self) -> u64 {
@@ -1207,6 +1249,9 @@ impl CoreStorage {
                 // verify): keep the block, never free live data.
                 ns.stats.defrag_stuck.fetch_add(1, Relaxed);
             }
+        }
+        if self.defrag_paused {
+            return;
         }
         // Jobs interrupted for lack of room keep their copies' bookkeeping
         // and are retried in place: the block is never freed before every
