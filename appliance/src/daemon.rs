@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use osprey_engine::device::uring::UringDevice;
 use osprey_engine::device::Device;
-use osprey_engine::storage::namespace::{system_clock, Namespace, StartKind};
+use osprey_engine::storage::namespace::{system_clock, Namespace, ScanProgress, StartKind};
 use osprey_net::reactor::{self, NetShared, Reactor, ReactorConfig};
 
 use crate::config::{self, Config, DeviceSpec};
@@ -91,6 +91,27 @@ fn open_device(spec: &DeviceSpec) -> Result<Arc<dyn Device>, DaemonError> {
                 .map_err(|e| DaemonError(format!("device {}: {e}", path.display())))?;
             Ok(Arc::new(device))
         }
+        #[cfg(feature = "spdk")]
+        DeviceSpec::Spdk { transport_id } => {
+            // SPDK's environment covers the cores the reactors pin to (the
+            // process's CPUs, or OSPREY_SPDK_CORE_MASK), with a private
+            // per-process shared-memory id so several daemons coexist.
+            use osprey_engine::device::spdk::{EnvOptions, SpdkDevice, SpdkOptions};
+            let core_mask = std::env::var("OSPREY_SPDK_CORE_MASK")
+                .unwrap_or_else(|_| EnvOptions::core_mask_for_first(usize::MAX));
+            let options = SpdkOptions {
+                env: EnvOptions {
+                    name: "ospreyd".to_string(),
+                    core_mask,
+                    ..EnvOptions::default()
+                },
+                ..SpdkOptions::default()
+            };
+            let device = SpdkDevice::open(transport_id, &options)
+                .map_err(|e| DaemonError(format!("device {transport_id:?}: {e}")))?;
+            Ok(Arc::new(device))
+        }
+        #[cfg(not(feature = "spdk"))]
         DeviceSpec::Spdk { transport_id } => Err(DaemonError(format!(
             "device {transport_id:?}: this ospreyd was built without SPDK; \
              rebuild with `cargo build --release --features spdk` on a host with SPDK installed"
@@ -134,13 +155,23 @@ pub fn run(path: &Path, stop_signal: Arc<AtomicBool>) -> Result<(), DaemonError>
                 devices.len()
             ),
         );
-        let (ns, kind) = Namespace::open(
-            ns_config.storage_config(),
-            &ns_config.index_config(ns_config.namespace_id),
-            devices,
-            Arc::new(system_clock),
-        )
-        .map_err(|e| DaemonError(format!("namespace {}: {e}", ns_config.name)))?;
+        let mut storage_config = ns_config.storage_config();
+        let progress = Arc::new(ScanProgress::default());
+        storage_config.scan_progress = Some(progress.clone());
+        let done = AtomicBool::new(false);
+        let opened = std::thread::scope(|scope| {
+            scope.spawn(|| report_scan_progress(&ns_config.name, &progress, &done));
+            let opened = Namespace::open(
+                storage_config,
+                &ns_config.index_config(ns_config.namespace_id),
+                devices,
+                Arc::new(system_clock),
+            );
+            done.store(true, Relaxed);
+            opened
+        });
+        let (ns, kind) =
+            opened.map_err(|e| DaemonError(format!("namespace {}: {e}", ns_config.name)))?;
         match &kind {
             StartKind::Warm { entries } => log(
                 "info",
@@ -309,6 +340,38 @@ pub fn run(path: &Path, stop_signal: Arc<AtomicBool>) -> Result<(), DaemonError>
     }
     log("info", "stopped");
     Ok(())
+}
+
+/// How often a cold start says how far its device scan got.
+const SCAN_PROGRESS_EVERY: Duration = Duration::from_secs(3);
+
+/// Logs a cold scan's progress every few seconds until `done`.
+fn report_scan_progress(namespace: &str, progress: &ScanProgress, done: &AtomicBool) {
+    let mut next = Instant::now() + SCAN_PROGRESS_EVERY;
+    while !done.load(Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if Instant::now() < next {
+            continue;
+        }
+        next += SCAN_PROGRESS_EVERY;
+        let (records, devices) = progress.snapshot();
+        if devices.is_empty() {
+            // Warm, or the scan has not begun.
+            continue;
+        }
+        let per_device: Vec<String> = devices
+            .iter()
+            .filter(|d| !d.name.is_empty())
+            .map(|d| format!("{} {}%", d.name, percent(d.scanned_bytes, d.total_bytes)))
+            .collect();
+        log(
+            "info",
+            &format!(
+                "namespace {namespace}: cold start: {records} records read; {}",
+                per_device.join(", ")
+            ),
+        );
+    }
 }
 
 fn config_pairs(ns: &config::NamespaceConfig) -> Vec<(String, String)> {

@@ -15,7 +15,7 @@ use osprey_engine::result::ResultCode;
 use osprey_engine::storage::core::{CoreStorage, Reply, Transaction};
 use osprey_engine::storage::header::{HEADER_SLOT_BYTES, MAX_TRUNCATIONS};
 use osprey_engine::storage::namespace::{
-    system_clock, ClockSource, Namespace, StartKind, StorageConfig,
+    system_clock, ClockSource, Namespace, ScanProgress, StartKind, StorageConfig,
 };
 use osprey_engine::storage::supervisor::{SupervisorConfig, TruncateError};
 use osprey_engine::storage::wblocks::WblockState;
@@ -756,5 +756,36 @@ fn a_header_write_failure_fails_the_truncate_and_removes_nothing() {
     assert!(matches!(kind, StartKind::Warm { .. }), "{kind:?}");
     assert!(core.namespace().truncated_before(b"a") > 0);
     assert_eq!(core.namespace().index.len(), 0);
+    shutdown(core);
+}
+
+// ---- start-up progress ----------------------------------------------------
+
+#[test]
+fn a_cold_scan_reports_its_progress_per_device() {
+    let (mut fx, _mem) = Fixture::memory(2, storage_config());
+    let (mut core, _) = fx.open_core();
+    write_all(&mut core, "a", 0..300, Ttl::NeverExpire);
+    settle(&mut core);
+    drop(core);
+    // A crash, then a cold start that reports into `progress`.
+    let progress = Arc::new(ScanProgress::default());
+    fx.config.scan_progress = Some(progress.clone());
+    let (core, kind) = fx.open_core();
+    let StartKind::Cold { scan, .. } = kind else {
+        panic!("a crash forces a cold start: {kind:?}")
+    };
+    let (records, devices) = progress.snapshot();
+    assert_eq!(records, scan.records_read);
+    assert_eq!(devices.len(), 2);
+    for d in &devices {
+        assert!(d.total_bytes > 0, "{d:?}");
+        assert_eq!(d.scanned_bytes, d.total_bytes, "{d:?}");
+        assert!(d.name.starts_with("mem"), "{d:?}");
+    }
+    assert_eq!(
+        devices.iter().map(|d| d.scanned_bytes).sum::<u64>(),
+        scan.bytes_scanned
+    );
     shutdown(core);
 }

@@ -55,6 +55,53 @@ pub struct StorageConfig {
     pub default_ttl_s: u32,
     /// Threads for the cold-start scan (one device per thread at a time).
     pub scan_threads: usize,
+    /// Where a cold scan reports how far it got, for a start-up log that
+    /// another thread prints while `Namespace::open` runs.
+    pub scan_progress: Option<Arc<ScanProgress>>,
+}
+
+/// How far a cold scan has got: records read, and bytes read of each
+/// device. Updated once per write block; read by whoever logs it.
+#[derive(Debug, Default)]
+pub struct ScanProgress {
+    records_read: AtomicU64,
+    devices: Mutex<Vec<DeviceScan>>,
+}
+
+/// One device's part of a [`ScanProgress`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceScan {
+    pub name: String,
+    pub scanned_bytes: u64,
+    pub total_bytes: u64,
+}
+
+impl ScanProgress {
+    /// Records read so far and each device's progress (devices the scan
+    /// has not reached yet are missing).
+    pub fn snapshot(&self) -> (u64, Vec<DeviceScan>) {
+        let devices = lock(&self.devices).clone();
+        (self.records_read.load(Relaxed), devices)
+    }
+
+    fn start_device(&self, d: usize, name: &str, total_bytes: u64) {
+        let mut devices = lock(&self.devices);
+        if devices.len() <= d {
+            devices.resize(d + 1, DeviceScan::default());
+        }
+        devices[d] = DeviceScan {
+            name: name.to_string(),
+            scanned_bytes: 0,
+            total_bytes,
+        };
+    }
+
+    fn block_done(&self, d: usize, bytes: u64, records: u64) {
+        self.records_read.fetch_add(records, Relaxed);
+        if let Some(device) = lock(&self.devices).get_mut(d) {
+            device.scanned_bytes += bytes;
+        }
+    }
 }
 
 impl StorageConfig {
@@ -73,6 +120,7 @@ impl StorageConfig {
             scan_threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            scan_progress: None,
         }
     }
 
@@ -650,7 +698,13 @@ impl Namespace {
         let mut in_flight = 0usize;
         let mut free_buffers = Vec::new();
         let mut done = Vec::new();
-        let deadline = Instant::now() + START_IO_TIMEOUT;
+        // A stall is no completion for this long (a big device takes far
+        // longer than that to scan in all).
+        let mut deadline = Instant::now() + START_IO_TIMEOUT;
+        let progress = self.config.scan_progress.clone();
+        if let Some(p) = &progress {
+            p.start_device(d, &info.name, u64::from(count) * wb_bytes as u64);
+        }
         while next < count || in_flight > 0 {
             while next < count && in_flight < SCAN_DEPTH {
                 let buffer = match free_buffers.pop() {
@@ -686,12 +740,21 @@ impl Namespace {
                 std::thread::yield_now();
                 continue;
             }
+            deadline = Instant::now() + START_IO_TIMEOUT;
             for completion in done.drain(..) {
                 in_flight -= 1;
                 completion.result.map_err(|e| format!("cold scan: {e}"))?;
                 let wblock = completion.token as u32;
                 summary.bytes_scanned += completion.buffer.len() as u64;
+                let records_before = summary.records_read;
                 self.scan_block(d, wblock, &completion.buffer, unit, &mut summary);
+                if let Some(p) = &progress {
+                    p.block_done(
+                        d,
+                        completion.buffer.len() as u64,
+                        summary.records_read - records_before,
+                    );
+                }
                 free_buffers.push(completion.buffer);
             }
         }
