@@ -497,7 +497,8 @@ fn ticker_lines(state: &ServerState, last: &Ticker, period: Duration) -> Ticker 
         "info",
         &format!(
             "ticker: connections {} (opened {}, refused {}, malformed {}); \
-             ops/s read {:.0} write {:.0} delete {:.0} batch {:.0} scan {:.1}; errors {}",
+             ops/s read {:.0} write {:.0} delete {:.0} batch {:.0} scan {:.1}; errors {}; \
+             write backlog {}",
             state.net.open_connections(),
             net.accepted.load(Relaxed),
             net.refused.load(Relaxed),
@@ -508,6 +509,7 @@ fn ticker_lines(state: &ServerState, last: &Ticker, period: Duration) -> Ticker 
             rate(t.batch_requests, last.batch),
             rate(t.scans, last.scans),
             t.errors,
+            config::human_bytes(t.write_backlog_bytes),
         ),
     );
     for runtime in &state.namespaces {

@@ -132,7 +132,8 @@ fn statistics(state: &ServerState) -> String {
          client_connections_idle_closed={};client_malformed_frames={};\
          client_reads={};client_reads_not_found={};client_writes={};client_deletes={};\
          client_errors={};batch_index_initiate={};batch_index_rows={};scans={};\
-         scan_records={};info_requests={};admin_requests={};compressed_requests={}",
+         scan_records={};info_requests={};admin_requests={};compressed_requests={};\
+         write_backlog_bytes={}",
         if state.cluster_name.is_empty() {
             "null"
         } else {
@@ -157,6 +158,7 @@ fn statistics(state: &ServerState) -> String {
         t.info_requests,
         t.admin_requests,
         t.compressed_requests,
+        t.write_backlog_bytes,
     )
 }
 

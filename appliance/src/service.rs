@@ -704,6 +704,11 @@ impl Service for CoreService {
         !self.txns.is_empty() || !self.yielded.is_empty() || self.storages.iter().any(|s| s.busy())
     }
 
+    fn tick(&mut self) {
+        let backlog: u64 = self.storages.iter().map(|s| s.write_backlog_bytes()).sum();
+        self.stats.write_backlog_bytes.store(backlog, Relaxed);
+    }
+
     fn shutdown(&mut self) {
         for (storage, runtime) in self.storages.iter_mut().zip(&self.state.namespaces) {
             if let Err(e) = storage.flush_for_shutdown(std::time::Duration::from_secs(120)) {

@@ -52,6 +52,8 @@ pub struct CoreStats {
     pub compressed_requests: AtomicU64,
     /// Frames that could not be parsed (the connection was closed).
     pub malformed: AtomicU64,
+    /// A gauge, set once a second: this core's device write backlog.
+    pub write_backlog_bytes: AtomicU64,
 }
 
 impl CoreStats {
@@ -76,6 +78,7 @@ pub struct Totals {
     pub admin_requests: u64,
     pub compressed_requests: u64,
     pub malformed: u64,
+    pub write_backlog_bytes: u64,
 }
 
 /// The daemon's shared state.
@@ -123,6 +126,7 @@ impl ServerState {
             t.admin_requests += c.admin_requests.load(Relaxed);
             t.compressed_requests += c.compressed_requests.load(Relaxed);
             t.malformed += c.malformed.load(Relaxed);
+            t.write_backlog_bytes += c.write_backlog_bytes.load(Relaxed);
         }
         t
     }

@@ -251,6 +251,12 @@ impl CoreStorage {
         &self.ns
     }
 
+    /// Bytes this core has handed to its devices and not yet seen written
+    /// (the write backlog that `max-write-cache` bounds), over all devices.
+    pub fn write_backlog_bytes(&self) -> u64 {
+        self.backlog_bytes.iter().sum()
+    }
+
     /// Starts a transaction; its reply comes out of [`CoreStorage::poll`]
     /// (at once if it needed no device I/O).
     pub fn submit(&mut self, txn_id: u64, txn: Transaction) {
