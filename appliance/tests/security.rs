@@ -278,15 +278,8 @@ async fn unauthenticated_sockets_get_80_and_logins_are_checked() {
         assert_eq!(body[1], 80);
     })
     .await;
-    let log = server.log_text();
-    assert!(
-        log.contains("login failed: user \"admin\" from 127.0.0.1"),
-        "{log}"
-    );
-    assert!(
-        log.contains("login: user \"admin\" from 127.0.0.1"),
-        "{log}"
-    );
+    server.expect_log("login failed: user \"admin\" from 127.0.0.1");
+    server.expect_log("login: user \"admin\" from 127.0.0.1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,10 +378,9 @@ async fn rust_client_users_roles_and_violations() {
         writer.close().await.ok();
     })
     .await;
-    let log = server.log_text();
-    assert!(log.contains("create user \"reader\""), "{log}");
-    assert!(log.contains("role violation: user \"reader\""), "{log}");
-    assert!(log.contains("drop user \"writer\""), "{log}");
+    server.expect_log("create user \"reader\"");
+    server.expect_log("role violation: user \"reader\"");
+    server.expect_log("drop user \"writer\"");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

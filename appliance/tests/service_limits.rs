@@ -152,7 +152,7 @@ fn two_cores_share_the_connections() {
             assert_eq!(reply, "namespaces\ttest\n", "connection {i}, round {round}");
         }
     }
-    assert!(server.log_text().contains("2 service core(s)"));
+    server.expect_log("2 service core(s)");
 }
 
 #[test]
@@ -176,7 +176,7 @@ fn osprey_shutdown_stops_cleanly_and_the_next_start_is_warm() {
     );
     let status = server.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "exit status {status}");
-    assert!(server.log_text().contains("clean shutdown"));
+    server.expect_log("clean shutdown");
     server.restart();
     assert_eq!(server.start_kind(), Some(StartKind::Warm));
 }

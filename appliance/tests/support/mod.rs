@@ -206,6 +206,39 @@ impl Server {
         })
     }
 
+    /// Waits (bounded) until the daemon has printed a line containing
+    /// `needle`: its output reaches the test through a reader thread, which
+    /// can lag behind the replies on a loaded machine. Returns whether it
+    /// appeared.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if lines.iter().any(|(_, line)| line.contains(needle)) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            lines = self
+                .log
+                .changed
+                .wait_timeout(lines, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Asserts (waiting up to 10 s) that the daemon printed `needle`.
+    pub fn expect_log(&self, needle: &str) {
+        assert!(
+            self.wait_for_log(needle, Duration::from_secs(10)),
+            "ospreyd never printed {needle:?}\n{}",
+            self.log_text()
+        );
+    }
+
     /// Everything the daemon printed, over all runs, for failure messages.
     pub fn log_text(&self) -> String {
         let lines = self.log.lines.lock().unwrap();
