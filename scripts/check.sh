@@ -39,7 +39,7 @@ test_segments() {
 before=$(test_segments)
 
 step "cargo test --workspace"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 step "shared memory left behind by the tests"
 # Only segments this run created count: one left by an earlier, aborted run
