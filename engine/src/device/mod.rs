@@ -18,6 +18,8 @@
 //! `tests/device_conformance.rs`.
 
 pub mod memory;
+#[cfg(feature = "spdk")]
+pub mod spdk;
 pub mod uring;
 
 use std::fmt;

@@ -63,6 +63,17 @@ impl IoBuffer {
         }
     }
 
+    /// Wraps a buffer from SPDK's DMA allocator; the memory goes back to
+    /// SPDK when the `IoBuffer` drops.
+    #[cfg(feature = "spdk")]
+    pub fn from_dma(buffer: osprey_spdk::DmaBuffer) -> IoBuffer {
+        let (ptr, capacity, release) = buffer.into_raw_parts();
+        // SAFETY: `into_raw_parts` hands over `capacity` readable, writable
+        // bytes that nothing else owns or uses, and a release that frees
+        // exactly them, once — what `from_raw` requires.
+        unsafe { IoBuffer::from_raw(ptr, capacity, release) }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
