@@ -8,7 +8,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use aerospike::{as_bin, Bins, Client, ClientPolicy, Key, ReadPolicy, Value, WritePolicy};
+use aerospike::{as_bin, Bins, Client, Key, ReadPolicy, Value, WritePolicy};
+use support::client::connect;
 use support::{Server, NAMESPACE as NS};
 
 /// How long the server may take to close or answer a bad connection.
@@ -102,19 +103,6 @@ fn assert_rejected(s: &mut TcpStream, what: &str) {
         Verdict::Closed => {}
         Verdict::MsgError(rc) if rc != 0 => {}
         v => panic!("{what}: want the connection closed or an error reply, got {v:?}"),
-    }
-}
-
-async fn connect(server: &Server) -> Client {
-    let policy = ClientPolicy {
-        timeout: 5_000,
-        ..ClientPolicy::default()
-    };
-    let addr = server.addr();
-    match tokio::time::timeout(Duration::from_secs(30), Client::new(&policy, &addr)).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(e)) => panic!("Client::new({addr}) failed: {e}"),
-        Err(_) => panic!("Client::new({addr}) did not return within 30 s"),
     }
 }
 

@@ -11,7 +11,6 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,33 +18,11 @@ use std::time::Duration;
 use aerospike::operations;
 use aerospike::{
     as_bin, as_geo, as_list, as_map, as_val, AdminPolicy, BatchOperation, BatchPolicy,
-    BatchReadPolicy, Bin, Bins, Client, ClientPolicy, Expiration, GenerationPolicy, Key,
-    PartitionFilter, QueryPolicy, ReadPolicy, Record, RecordExistsAction, ResultCode, Statement,
-    Value, WritePolicy,
+    BatchReadPolicy, Bin, Bins, Client, Expiration, GenerationPolicy, Key, PartitionFilter,
+    QueryPolicy, ReadPolicy, Record, RecordExistsAction, ResultCode, Statement, Value, WritePolicy,
 };
+use support::client::{bounded, connect, expect_code};
 use support::{run_bounded, Server, NAMESPACE as NS};
-
-/// Bound on each test's client work.
-const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-async fn connect(server: &Server) -> Client {
-    let policy = ClientPolicy {
-        timeout: 5_000,
-        ..ClientPolicy::default()
-    };
-    let addr = server.addr();
-    match tokio::time::timeout(Duration::from_secs(30), Client::new(&policy, &addr)).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(e)) => panic!("Client::new({addr}) failed: {e}"),
-        Err(_) => panic!("Client::new({addr}) did not return within 30 s"),
-    }
-}
-
-async fn bounded<F: Future<Output = ()>>(body: F) {
-    if tokio::time::timeout(TEST_TIMEOUT, body).await.is_err() {
-        panic!("test body did not finish within {TEST_TIMEOUT:?}");
-    }
-}
 
 fn wp() -> WritePolicy {
     let mut p = WritePolicy::default();
@@ -61,20 +38,6 @@ fn rp() -> ReadPolicy {
 
 fn key(set: &str, user_key: impl Into<Value>) -> Key {
     Key::new(NS, set, user_key.into()).unwrap()
-}
-
-/// Requires `r` to fail with the server result code `code`.
-fn expect_code<T: std::fmt::Debug>(r: aerospike::Result<T>, code: ResultCode, what: &str) {
-    match r {
-        Ok(v) => panic!("{what}: succeeded with {v:?}, want result code {code:?}"),
-        Err(e) => assert_eq!(
-            e.server_result_code(),
-            Some(code),
-            "{what}: got error {e} (result code {}), want {code:?} ({})",
-            e.result_code(),
-            u8::from(code)
-        ),
-    }
 }
 
 async fn get(client: &Client, k: &Key) -> Record {

@@ -17,11 +17,11 @@ use aerospike::{
     WritePolicy,
 };
 use osprey_appliance::security::password::client_hash;
+use support::client::{bounded, expect_code};
 use support::{run_bounded, workspace_root, Options, Server, NAMESPACE as NS};
 
 const ADMIN: &str = "admin";
 const ADMIN_PASSWORD: &str = "s3cret-admin";
-const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Writes the admin password file and returns options that enable
@@ -208,23 +208,6 @@ fn ap() -> AdminPolicy {
 
 fn key(set: &str, k: i64) -> Key {
     Key::new(NS, set, k.into()).unwrap()
-}
-
-fn expect_code<T: std::fmt::Debug>(r: aerospike::Result<T>, code: ResultCode, what: &str) {
-    match r {
-        Ok(v) => panic!("{what}: succeeded with {v:?}, want {code:?}"),
-        Err(e) => assert_eq!(
-            e.server_result_code(),
-            Some(code),
-            "{what}: got {e}, want {code:?}"
-        ),
-    }
-}
-
-async fn bounded<F: std::future::Future<Output = ()>>(body: F) {
-    if tokio::time::timeout(TEST_TIMEOUT, body).await.is_err() {
-        panic!("test body did not finish within {TEST_TIMEOUT:?}");
-    }
 }
 
 async fn put_get(client: &Client, k: &Key, v: i64) {

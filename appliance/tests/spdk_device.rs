@@ -16,28 +16,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(feature = "spdk")]
-use aerospike::{as_bin, Bins, Client, ClientPolicy, Key, ReadPolicy, Value, WritePolicy};
+use aerospike::{as_bin, Bins, Client, Key, ReadPolicy, Value, WritePolicy};
 #[cfg(feature = "spdk")]
 use osprey_engine::device::spdk::testing::{host_unready, NvmfTarget, TargetOptions};
+#[cfg(feature = "spdk")]
+use support::client::connect;
 #[cfg(feature = "spdk")]
 use support::{Options, Server, StartKind, NAMESPACE as NS};
 
 #[cfg(feature = "spdk")]
 const RECORDS: i64 = 2_000;
-
-#[cfg(feature = "spdk")]
-async fn connect(server: &Server) -> Client {
-    let policy = ClientPolicy {
-        timeout: 5_000,
-        ..ClientPolicy::default()
-    };
-    let addr = server.addr();
-    match tokio::time::timeout(Duration::from_secs(30), Client::new(&policy, &addr)).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(e)) => panic!("Client::new({addr}) failed: {e}\n{}", server.log_text()),
-        Err(_) => panic!("Client::new({addr}) did not return within 30 s"),
-    }
-}
 
 #[cfg(feature = "spdk")]
 fn key(i: i64) -> Key {

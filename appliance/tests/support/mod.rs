@@ -21,6 +21,8 @@
 //! config); the fixtures configure one namespace, so keys base..base+0x2000.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod client;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
