@@ -669,7 +669,7 @@ impl CoreStorage {
             self.ns.stats.overloads.fetch_add(1, Relaxed);
             return self.reply(txn_id, Reply::code(ResultCode::DeviceOverload));
         }
-        if let Err(code) = self.make_room(d, len) {
+        if let Err(code) = self.make_room(d, len, false) {
             return self.reply(txn_id, Reply::code(code));
         }
         let buffer = self.open[d].as_ref().expect("make_room opened a buffer");
@@ -758,7 +758,13 @@ impl CoreStorage {
     // ---- write buffers --------------------------------------------------
 
     /// Makes sure device `d`'s open buffer has `len` bytes free.
-    fn make_room(&mut self, d: usize, len: usize) -> Result<(), ResultCode> {
+    /// Makes sure this core's open buffer for device `d` has room for
+    /// `len` bytes, opening a new write block if needed. Client writes
+    /// (`for_defrag` false) leave the last few free blocks to defrag: defrag
+    /// needs a block to move records into before it frees any, so if client
+    /// writes took every free block, light blocks could never be freed and
+    /// writes would be refused for good.
+    fn make_room(&mut self, d: usize, len: usize, for_defrag: bool) -> Result<(), ResultCode> {
         let wb_bytes = self.ns.config.write_block_bytes as usize;
         if self.open[d]
             .as_ref()
@@ -782,6 +788,15 @@ impl CoreStorage {
             self.settle_retiring();
         }
         let slot = &self.ns.devices[d];
+        if !for_defrag && slot.wblocks.free_count() <= self.defrag_reserve_blocks(d) {
+            if slot.wblocks.defrag_queue_len() > 0 || self.backlog_bytes[d] > 0 {
+                // Defrag (or writes in flight) will free blocks: retry.
+                self.ns.stats.overloads.fetch_add(1, Relaxed);
+                return Err(ResultCode::DeviceOverload);
+            }
+            self.ns.stats.stop_writes.fetch_add(1, Relaxed);
+            return Err(ResultCode::ServerFull);
+        }
         let Some(life) = slot.draw_life() else {
             return Err(ResultCode::ServerError);
         };
@@ -820,6 +835,16 @@ impl CoreStorage {
             writes_in_flight: 0,
         });
         Ok(())
+    }
+
+    /// Free blocks of device `d` that client writes leave to defrag: one
+    /// per core writing to the device (each defragments into its own open
+    /// buffer), plus one — but never more than a sixteenth of the device,
+    /// so that a device of a handful of blocks (tests) stays writable.
+    fn defrag_reserve_blocks(&self, d: usize) -> usize {
+        let slot = &self.ns.devices[d];
+        let cores = crate::storage::namespace::lock(&slot.writers).len();
+        (cores + 1).min(slot.wblocks.count() as usize / 16)
     }
 
     /// Flushes the open buffers that are due.
@@ -1393,7 +1418,7 @@ impl CoreStorage {
             if ns.index.get(&digest).map(|r| r.location) != Some(old) {
                 continue;
             }
-            if self.make_room(d, len).is_err() {
+            if self.make_room(d, len, true).is_err() {
                 // No room to move into now: the job stays, and tries again.
                 return self.defrag_retry_later(d, wblock);
             }

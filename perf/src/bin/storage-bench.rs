@@ -1053,6 +1053,9 @@ fn drive<W: Workload>(
     let mut out = Vec::with_capacity(depth);
     let mut stopping = false;
     let mut last_progress = Instant::now();
+    // Retries count as replies: a core refusing every write as retryable
+    // overload forever must end the run too, not spin it.
+    let mut last_finished = Instant::now();
     let mut idle_polls = 0u32;
     while in_flight > 0 {
         // The clock is read only when replies came back (the deadline only
@@ -1075,6 +1078,12 @@ fn drive<W: Workload>(
         if !stopping && deadline.is_some_and(|d| now >= d) {
             stopping = true;
         }
+        if now.duration_since(last_finished) > TIMEOUT {
+            return Err(format!(
+                "no transaction finished for {TIMEOUT:?} ({} retries so far)",
+                stats.retries
+            ));
+        }
         for (id, reply) in out.drain(..) {
             let s = id as usize;
             let job = slots
@@ -1088,7 +1097,10 @@ fn drive<W: Workload>(
                     slots[s] = Some(job);
                     continue;
                 }
-                Done::Finished => stats.finished += 1,
+                Done::Finished => {
+                    stats.finished += 1;
+                    last_finished = now;
+                }
             }
             match if stopping { None } else { w.next() } {
                 Some(next) => {
