@@ -31,10 +31,11 @@ fi
 
 # Test key ranges: engine tests 0x20000000..0x30000000 (tests/common), shm unit
 # tests 0x3E000000..0x3F000000, index-bench 0x5A000000..0x5B000000,
-# storage-bench 0x5B000000..0x5C000000, osprey-bench's test 0x5C000000..0x5E000000.
+# storage-bench 0x5B000000..0x5C000000, osprey-bench's test 0x5C000000..0x5E000000,
+# perf/compare/run.sh 0x5E000000..0x60000000.
 # (ospreyd end-to-end tests use 0x2A000000..0x2C000000, inside the first.)
 test_segments() {
-  awk 'NR > 1 { k = $1 + 0; if ((k >= 536870912 && k < 805306368) || (k >= 1040187392 && k < 1056964608) || (k >= 1509949440 && k < 1577058304)) print $1 }' /proc/sysvipc/shm | sort
+  awk 'NR > 1 { k = $1 + 0; if ((k >= 536870912 && k < 805306368) || (k >= 1040187392 && k < 1056964608) || (k >= 1509949440 && k < 1610612736)) print $1 }' /proc/sysvipc/shm | sort
 }
 before=$(test_segments)
 

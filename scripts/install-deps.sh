@@ -21,7 +21,7 @@ for component in rustfmt clippy; do
 done
 
 # Debian packages the build and the tests use.
-packages=(pkg-config build-essential fio)
+packages=(pkg-config build-essential fio redis-server redis-tools)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -32,7 +32,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  # Packages that ship a service (redis-server) must not start it: the
+  # benchmarks start their own on free ports. policy-rc.d refuses service
+  # starts during this install only (unless the host already has one).
+  policy=/usr/sbin/policy-rc.d
+  added_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && added_policy=1
+  fi
+  status=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" || status=$?
+  if [ "$added_policy" = 1 ]; then rm -f "$policy"; fi
+  [ "$status" = 0 ] || exit "$status"
 fi
 echo "rustc $have, cargo fmt and clippy present; Debian packages present: ${packages[*]}"
 

@@ -4,7 +4,7 @@
 #
 #   bash perf/compare/redis.sh [--quick] [--keys N] [--value-size BYTES]
 #        [--seconds S] [--connections C] [--poll-mode adaptive|busy]
-#        [--no-build] [--json FILE]
+#        [--no-build] [--bin-dir DIR] [--json FILE]
 #
 # What it does, in order:
 #  1. Installs Debian's redis-server and redis-tools when missing (apt-get,
@@ -33,6 +33,7 @@
 #     ratios (for latency, lower is better, so a ratio below 1 favours
 #     osprey).
 #
+# --bin-dir DIR: take ospreyd and osprey-bench from DIR (no build).
 # --quick: 2000 keys of 100 bytes, 2 s, 4 connections (a smoke run).
 # Every wait is bounded; only the processes this script started are
 # signalled (by pid); the temp dir and the shm segments are removed on exit.
@@ -45,6 +46,7 @@ connections=16
 poll_mode=adaptive
 build=1
 json_out=""
+bin_dir=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) keys=2000; value_size=100; seconds=2; connections=4 ;;
@@ -54,8 +56,9 @@ while [ $# -gt 0 ]; do
     --connections) connections="${2:?--connections needs a value}"; shift ;;
     --poll-mode) poll_mode="${2:?--poll-mode needs a value}"; shift ;;
     --no-build) build=0 ;;
+    --bin-dir) bin_dir="${2:?--bin-dir needs a value}"; build=0; shift ;;
     --json) json_out="${2:?--json needs a value}"; shift ;;
-    -h|--help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "redis.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -100,9 +103,9 @@ if [ "$build" = 1 ]; then
   say "building release ospreyd and osprey-bench"
   (cd "$repo" && cargo build --release -q -p osprey-appliance -p osprey-perf --bin ospreyd --bin osprey-bench)
 fi
-target_dir="${CARGO_TARGET_DIR:-$repo/target}"
-ospreyd="$target_dir/release/ospreyd"
-bench="$target_dir/release/osprey-bench"
+[ -n "$bin_dir" ] || bin_dir="${CARGO_TARGET_DIR:-$repo/target}/release"
+ospreyd="$bin_dir/ospreyd"
+bench="$bin_dir/osprey-bench"
 for b in "$ospreyd" "$bench"; do
   [ -x "$b" ] || { echo "redis.sh: $b not built (run without --no-build)" >&2; exit 2; }
 done
@@ -126,6 +129,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# SIGTERM (e.g. from run.sh's time limit): exit, so that cleanup runs.
+trap 'exit 143' TERM
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
