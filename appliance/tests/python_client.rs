@@ -10,35 +10,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{run_bounded, workspace_root, Server};
+use support::{python, run_bounded, Server};
 
 /// The script runs ~25 checks (one sleeps 3 s for a TTL); it normally takes
 /// a few seconds.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn python() -> PathBuf {
-    let python = match std::env::var_os("OSPREY_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => workspace_root().join("target/python-venv/bin/python3"),
-    };
-    assert!(
-        python.exists(),
-        "no Python interpreter with the aerospike client at {}: run scripts/install-deps.sh \
-         (or set OSPREY_PYTHON)",
-        python.display()
-    );
-    let (out, timed_out) = run_bounded(
-        Command::new(&python).args(["-c", "import aerospike, aerospike_helpers"]),
-        Duration::from_secs(60),
-    );
-    assert!(
-        !timed_out && out.status.success(),
-        "{} cannot import the aerospike client: run scripts/install-deps.sh\n{}",
-        python.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    python
-}
 
 #[test]
 fn python_client_end_to_end() {

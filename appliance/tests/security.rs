@@ -18,7 +18,7 @@ use aerospike::{
 };
 use osprey_appliance::security::password::client_hash;
 use support::client::{bounded, expect_code};
-use support::{run_bounded, workspace_root, Options, Server, NAMESPACE as NS};
+use support::{python, run_bounded, Options, Server, NAMESPACE as NS};
 
 const ADMIN: &str = "admin";
 const ADMIN_PASSWORD: &str = "s3cret-admin";
@@ -490,20 +490,6 @@ async fn security_off_accepts_clients_with_credentials() {
 
 // ---------------------------------------------------------------------------
 // Python client, then the users it made from the Rust client across restarts.
-
-fn python() -> PathBuf {
-    let python = match std::env::var_os("OSPREY_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => workspace_root().join("target/python-venv/bin/python3"),
-    };
-    assert!(
-        python.exists(),
-        "no Python interpreter with the aerospike client at {}: run scripts/install-deps.sh \
-         (or set OSPREY_PYTHON)",
-        python.display()
-    );
-    python
-}
 
 fn run_python(server: &Server, mode: &str) {
     let script =

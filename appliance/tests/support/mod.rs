@@ -634,6 +634,33 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (Output, bool) {
 }
 
 /// The workspace root (the parent of this package's directory).
+/// The Python interpreter with the official `aerospike` client:
+/// `$OSPREY_PYTHON`, or the venv `scripts/install-deps.sh` makes. Fails the
+/// test, saying how to get one, if it is missing or cannot import the client.
+pub fn python() -> PathBuf {
+    let python = match std::env::var_os("OSPREY_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root().join("target/python-venv/bin/python3"),
+    };
+    assert!(
+        python.exists(),
+        "no Python interpreter with the aerospike client at {}: run scripts/install-deps.sh \
+         (or set OSPREY_PYTHON)",
+        python.display()
+    );
+    let (out, timed_out) = run_bounded(
+        Command::new(&python).args(["-c", "import aerospike, aerospike_helpers"]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        !timed_out && out.status.success(),
+        "{} cannot import the aerospike client: run scripts/install-deps.sh\n{}",
+        python.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    python
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
