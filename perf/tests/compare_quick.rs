@@ -22,128 +22,21 @@
 //! gets SIGTERM (its EXIT trap stops its servers and removes its files),
 //! then SIGKILL.
 
-use std::collections::HashSet;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{build_ospreyd, segments_in, wait_bounded};
 use serde_json::Value;
 
-const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The quick run takes about a minute and a half on the 2-core dev VM with
 /// release binaries; debug binaries and a loaded host take longer.
 const RUN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const KEY_RANGE: std::ops::Range<u32> = 0x5E00_0000..0x6000_0000;
 const PLOTS: [&str; 4] = ["ratios.png", "throughput.png", "latency.png", "restart.png"];
 const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
-
-/// Waits for `child` at most `limit`, reading its output meanwhile. Past
-/// the limit: SIGTERM (by pid), 30 s more, then SIGKILL; returns `None`.
-fn wait_bounded(mut child: Child, limit: Duration) -> Option<Output> {
-    let pipe_reader = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = pipe_reader(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-    );
-    let err = pipe_reader(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-    );
-    let deadline = Instant::now() + limit;
-    let mut termed = false;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            let output = Output {
-                status,
-                stdout: out.join().unwrap_or_default(),
-                stderr: err.join().unwrap_or_default(),
-            };
-            return (!termed).then_some(output);
-        }
-        if Instant::now() > deadline {
-            if termed {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            termed = true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The directory of this test's own binaries (`target/<profile>`).
-fn profile_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_osprey-bench"))
-        .parent()
-        .expect("a directory")
-        .to_path_buf()
-}
-
-/// Builds ospreyd in this test's profile; returns the path cargo reports.
-fn build_ospreyd() -> PathBuf {
-    let mut args = vec![
-        "build",
-        "-p",
-        "osprey-appliance",
-        "--bin",
-        "ospreyd",
-        "--message-format=json",
-    ];
-    if profile_dir().file_name().and_then(|n| n.to_str()) == Some("release") {
-        args.push("--release");
-    }
-    let child = Command::new(env!("CARGO"))
-        .args(&args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run cargo build");
-    let out = wait_bounded(child, BUILD_TIMEOUT)
-        .unwrap_or_else(|| panic!("cargo build of ospreyd took over {BUILD_TIMEOUT:?}"));
-    assert!(
-        out.status.success(),
-        "cargo build of ospreyd failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "ospreyd")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reported no ospreyd executable");
-    assert!(path.exists(), "{} does not exist", path.display());
-    path
-}
-
-/// Keys of System V segments in `range`.
-fn segments_in(range: std::ops::Range<u32>) -> HashSet<u32> {
-    let text = std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next()?.parse::<i64>().ok())
-        .map(|k| k as u32) // printed as signed ints
-        .filter(|k| range.contains(k))
-        .collect()
-}
 
 fn installed(program: &str) -> bool {
     Command::new("sh")
@@ -243,7 +136,8 @@ fn quick_run_writes_every_comparison_and_its_plots() {
     assert!(output.status.success(), "run.sh --quick failed");
 
     let leaked: Vec<String> = segments_in(KEY_RANGE)
-        .difference(&segments_before)
+        .into_iter()
+        .filter(|k| !segments_before.contains(k))
         .map(|k| format!("{k:#010x}"))
         .collect();
     assert!(

@@ -15,15 +15,18 @@
 //! the end. Every wait is bounded; only the pids this test spawned are
 //! signalled.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{build_ospreyd, segments_in, wait_bounded};
+
 const BENCH: &str = env!("CARGO_BIN_EXE_osprey-bench");
-const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const BENCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -33,92 +36,9 @@ const KEY_RANGE: std::ops::Range<u32> = 0x5C00_0000..0x5E00_0000;
 const SLOT_KEYS: u32 = 0x2000;
 const KEYS: u64 = 3000;
 
-/// Waits for `child` at most `limit`; kills it (by its own handle) past
-/// that. Returns its output, or `None` on timeout.
-fn wait_bounded(mut child: Child, limit: Duration) -> Option<Output> {
-    let deadline = Instant::now() + limit;
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let reader = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out_thread = reader(stdout.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
-    let err_thread = reader(stderr.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(Output {
-                status,
-                stdout: out_thread.join().unwrap_or_default(),
-                stderr: err_thread.join().unwrap_or_default(),
-            });
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Builds ospreyd (debug) and returns the path cargo reports for it.
-fn build_ospreyd() -> PathBuf {
-    let child = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-p",
-            "osprey-appliance",
-            "--bin",
-            "ospreyd",
-            "--message-format=json",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run cargo build");
-    let out = wait_bounded(child, BUILD_TIMEOUT)
-        .unwrap_or_else(|| panic!("cargo build of ospreyd took over {BUILD_TIMEOUT:?}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "cargo build -p osprey-appliance --bin ospreyd failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The compiler-artifact message of the bin carries "executable":"<path>".
-    let path = stdout
-        .lines()
-        .filter(|l| l.contains("\"reason\":\"compiler-artifact\"") && l.contains("ospreyd"))
-        .find_map(|l| {
-            let start = l.find("\"executable\":\"")? + "\"executable\":\"".len();
-            let end = start + l[start..].find('"')?;
-            Some(PathBuf::from(&l[start..end]))
-        })
-        .expect("cargo reported no ospreyd executable");
-    assert!(path.exists(), "{} does not exist", path.display());
-    path
-}
-
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().unwrap().port()
-}
-
-/// Keys of System V segments in `range`.
-fn segments_in(range: std::ops::Range<u32>) -> Vec<u32> {
-    let text = std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next()?.parse::<i64>().ok())
-        .map(|k| k as u32) // printed as signed ints
-        .filter(|k| range.contains(k))
-        .collect()
 }
 
 /// A key base whose slot holds no segments, starting from one derived
