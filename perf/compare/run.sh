@@ -546,9 +546,9 @@ EOF
 # --- 5. spdk -----------------------------------------------------------------
 spdk_compare() {
   if pkg-config --exists spdk_nvme spdk_env_dpdk 2>/dev/null || [ -n "${SPDK_DIR:-}" ]; then
-    status spdk skipped "SPDK is installed, but the SPDK comparison (engine vs spdk_nvme_perf) is another engineer's work and not in this harness yet"
+    status spdk skipped "SPDK is installed, but the SPDK comparison (engine vs spdk_nvme_perf) is not in this harness yet"
   else
-    status spdk skipped "SPDK is not installed on this host (and the SPDK comparison is not in this harness yet)"
+    status spdk skipped "SPDK was not found (pkg-config spdk_nvme, or SPDK_DIR), and the SPDK comparison is not in this harness yet"
   fi
   say "5. spdk: skipped: $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["reason"])' "$work/results/spdk.status.json")"
 }
