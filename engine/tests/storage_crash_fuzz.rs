@@ -70,7 +70,7 @@
 
 mod common;
 
-use common::{small_config, SegmentsGuard};
+use common::{clean_shutdown, memory_devices, small_config, SegmentsGuard};
 use osprey_engine::device::memory::{Faults, MemoryDevice};
 use osprey_engine::device::Device;
 use osprey_engine::index::IndexConfig;
@@ -523,13 +523,7 @@ impl<'a> Case<'a> {
     fn new(seed: u64, log: &'a mut Vec<String>) -> Case<'a> {
         let mut rng = StdRng::seed_from_u64(seed);
         let n_devices = rng.gen_range(1..=2);
-        let mem: Vec<MemoryDevice> = (0..n_devices)
-            .map(|i| MemoryDevice::new(&format!("mem{i}"), 16 * MIB, 4096, 64))
-            .collect();
-        let devices = mem
-            .iter()
-            .map(|m| Arc::new(m.clone()) as Arc<dyn Device>)
-            .collect();
+        let (mem, devices) = memory_devices(n_devices);
         let mut config = StorageConfig::new("test");
         config.write_block_bytes = 128 << 10;
         config.post_write_cache_blocks = rng.gen_range(1..=4);
@@ -1355,17 +1349,6 @@ impl Fixture {
         .expect("start");
         (CoreStorage::new(Arc::new(ns)).unwrap(), kind)
     }
-}
-
-fn clean_shutdown(mut core: CoreStorage) {
-    core.flush_all(Duration::from_secs(10)).unwrap();
-    let ns = core.namespace().clone();
-    drop(core);
-    Arc::try_unwrap(ns)
-        .ok()
-        .expect("no other references")
-        .shutdown()
-        .unwrap();
 }
 
 fn put_a(a: i64) -> Action {

@@ -4,7 +4,11 @@
 
 mod common;
 
-use common::{small_config, SegmentsGuard};
+use common::{demo_delete, demo_digest as digest, demo_get, small_config, SegmentsGuard};
+
+fn demo_delete_durable(n: u64) -> Transaction {
+    demo_delete(n, true)
+}
 use osprey_engine::device::memory::MemoryDevice;
 use osprey_engine::device::Device;
 use osprey_engine::ops::{Op, Request};
@@ -12,7 +16,6 @@ use osprey_engine::record::{BinName, Value};
 use osprey_engine::result::ResultCode;
 use osprey_engine::storage::core::{CoreStorage, Reply, Transaction};
 use osprey_engine::storage::namespace::{system_clock, Namespace, StartKind, StorageConfig};
-use osprey_engine::{Digest, UserKey};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -28,10 +31,6 @@ fn config() -> StorageConfig {
     c.post_write_cache_blocks = 2;
     c.defrag_lwm_pct = 50;
     c
-}
-
-fn digest(n: u64) -> Digest {
-    Digest::compute("demo", &UserKey::Integer(n as i64))
 }
 
 fn bin() -> BinName {
@@ -51,30 +50,6 @@ fn put(n: u64, value: i64) -> Transaction {
             ..Default::default()
         },
         durable_delete: false,
-    }
-}
-
-fn get(n: u64) -> Transaction {
-    Transaction {
-        request: Request {
-            digest: digest(n),
-            read_all_bins: true,
-            set_name: b"demo".to_vec(),
-            ..Default::default()
-        },
-        durable_delete: false,
-    }
-}
-
-fn durable_delete(n: u64) -> Transaction {
-    Transaction {
-        request: Request {
-            digest: digest(n),
-            delete: true,
-            set_name: b"demo".to_vec(),
-            ..Default::default()
-        },
-        durable_delete: true,
     }
 }
 
@@ -155,7 +130,7 @@ fn defrag_frees_light_blocks_and_loses_nothing_across_a_cold_start() {
     assert_eq!(stats.defrag_stuck.load(Relaxed), 0);
     for (n, v) in &model {
         assert_eq!(
-            value(&core.run(get(*n))),
+            value(&core.run(demo_get(*n))),
             Some(*v),
             "record {n} after defrag"
         );
@@ -175,7 +150,7 @@ fn defrag_frees_light_blocks_and_loses_nothing_across_a_cold_start() {
     let mut core = CoreStorage::new(ns.clone()).unwrap();
     for (n, v) in &model {
         assert_eq!(
-            value(&core.run(get(*n))),
+            value(&core.run(demo_get(*n))),
             Some(*v),
             "record {n} after defrag and a cold start"
         );
@@ -214,7 +189,7 @@ fn defrag_under_concurrent_writes_reads_and_deletes_loses_and_resurrects_nothing
                                 model.insert(n, Some(v));
                             }
                             6 => {
-                                let r = core.run(durable_delete(n));
+                                let r = core.run(demo_delete_durable(n));
                                 let want = if model.get(&n).copied().flatten().is_some() {
                                     ResultCode::Ok
                                 } else {
@@ -224,7 +199,7 @@ fn defrag_under_concurrent_writes_reads_and_deletes_loses_and_resurrects_nothing
                                 model.insert(n, None);
                             }
                             _ => {
-                                let got = value(&core.run(get(n)));
+                                let got = value(&core.run(demo_get(n)));
                                 assert_eq!(
                                     got,
                                     model.get(&n).copied().flatten(),
@@ -248,7 +223,7 @@ fn defrag_under_concurrent_writes_reads_and_deletes_loses_and_resurrects_nothing
     let mut core = CoreStorage::new(ns.clone()).unwrap();
     for model in &models {
         for (n, v) in model {
-            assert_eq!(value(&core.run(get(*n))), *v, "key {n} after the run");
+            assert_eq!(value(&core.run(demo_get(*n))), *v, "key {n} after the run");
         }
     }
     core.flush_all(Duration::from_secs(10)).unwrap();
@@ -260,7 +235,11 @@ fn defrag_under_concurrent_writes_reads_and_deletes_loses_and_resurrects_nothing
     let mut core = CoreStorage::new(ns).unwrap();
     for model in &models {
         for (n, v) in model {
-            assert_eq!(value(&core.run(get(*n))), *v, "key {n} after a cold start");
+            assert_eq!(
+                value(&core.run(demo_get(*n))),
+                *v,
+                "key {n} after a cold start"
+            );
         }
     }
 }
@@ -332,7 +311,7 @@ fn a_shutdown_flush_does_not_wait_for_the_defrag_queue() {
     assert!(matches!(kind, StartKind::Warm { .. }), "{kind:?}");
     let mut core = CoreStorage::new(ns.clone()).unwrap();
     for (n, v) in &model {
-        assert_eq!(value(&core.run(get(*n))), Some(*v), "record {n}");
+        assert_eq!(value(&core.run(demo_get(*n))), Some(*v), "record {n}");
     }
     assert!(
         ns.devices[0].wblocks.defrag_queue_len() > 0 || core.busy(),

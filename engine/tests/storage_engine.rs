@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{small_config, SegmentsGuard};
+use common::{
+    clean_shutdown, demo_delete, demo_digest as digest, demo_get, memory_devices, small_config,
+    SegmentsGuard,
+};
 use osprey_engine::device::memory::{Faults, MemoryDevice};
 use osprey_engine::device::uring::{UringDevice, UringOptions};
 use osprey_engine::device::Device;
@@ -16,7 +19,6 @@ use osprey_engine::storage::core::{CoreStorage, Reply, Transaction};
 use osprey_engine::storage::namespace::{
     system_clock, ClockSource, Namespace, StartKind, StorageConfig,
 };
-use osprey_engine::{Digest, UserKey};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,10 +31,6 @@ fn storage_config() -> StorageConfig {
     c.flush_max_ms = 1;
     c.post_write_cache_blocks = 4;
     c
-}
-
-fn digest(n: u64) -> Digest {
-    Digest::compute("demo", &UserKey::Integer(n as i64))
 }
 
 fn bin(name: &str) -> BinName {
@@ -51,30 +49,6 @@ fn put(n: u64, value: i64) -> Transaction {
             ..Default::default()
         },
         durable_delete: false,
-    }
-}
-
-fn get(n: u64) -> Transaction {
-    Transaction {
-        request: Request {
-            digest: digest(n),
-            read_all_bins: true,
-            set_name: b"demo".to_vec(),
-            ..Default::default()
-        },
-        durable_delete: false,
-    }
-}
-
-fn delete(n: u64, durable: bool) -> Transaction {
-    Transaction {
-        request: Request {
-            digest: digest(n),
-            delete: true,
-            set_name: b"demo".to_vec(),
-            ..Default::default()
-        },
-        durable_delete: durable,
     }
 }
 
@@ -99,13 +73,7 @@ struct Fixture {
 
 impl Fixture {
     fn memory(n_devices: usize, config: StorageConfig) -> (Fixture, Vec<MemoryDevice>) {
-        let memory: Vec<MemoryDevice> = (0..n_devices)
-            .map(|i| MemoryDevice::new(&format!("mem{i}"), 16 * MIB, 4096, 64))
-            .collect();
-        let devices = memory
-            .iter()
-            .map(|m| Arc::new(m.clone()) as Arc<dyn Device>)
-            .collect();
+        let (memory, devices) = memory_devices(n_devices);
         let index = small_config(16);
         let fixture = Fixture {
             _guard: SegmentsGuard(index.clone()),
@@ -134,18 +102,6 @@ impl Fixture {
     }
 }
 
-/// Flushes the core and shuts the namespace down cleanly.
-fn shutdown(mut core: CoreStorage) {
-    core.flush_all(Duration::from_secs(10)).unwrap();
-    let ns = core.namespace().clone();
-    drop(core);
-    Arc::try_unwrap(ns)
-        .ok()
-        .expect("no other references")
-        .shutdown()
-        .unwrap();
-}
-
 /// Lets the flush timer fire and the writes complete, as a crash would find them.
 fn settle(core: &mut CoreStorage) {
     let mut out = Vec::new();
@@ -170,20 +126,20 @@ fn records_round_trip_and_a_clean_restart_is_warm() {
         assert_eq!(core.run(put(n, n as i64)).result, ResultCode::Ok);
     }
     for n in 0..500 {
-        let r = core.run(get(n));
+        let r = core.run(demo_get(n));
         assert_eq!(
             (r.result, r.generation, value_of(&r)),
             (ResultCode::Ok, 1, Some(n as i64))
         );
     }
-    assert_eq!(core.run(get(9999)).result, ResultCode::KeyNotFound);
+    assert_eq!(core.run(demo_get(9999)).result, ResultCode::KeyNotFound);
     assert_eq!(core.run(put(7, 70)).generation, 2);
-    shutdown(core);
+    clean_shutdown(core);
 
     let (mut core, kind) = fx.open_core();
     assert!(matches!(kind, StartKind::Warm { entries: 500 }), "{kind:?}");
     for n in 0..500 {
-        let r = core.run(get(n));
+        let r = core.run(demo_get(n));
         let want = if n == 7 {
             (2, Some(70))
         } else {
@@ -195,7 +151,7 @@ fn records_round_trip_and_a_clean_restart_is_warm() {
             "record {n} after a warm restart"
         );
     }
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -222,7 +178,7 @@ fn a_crash_restarts_cold_with_every_flushed_record() {
         "each overwritten key has one older image"
     );
     for n in 0..2000 {
-        let r = core.run(get(n));
+        let r = core.run(demo_get(n));
         let want = if n < 100 {
             (2, Some(-(n as i64)))
         } else {
@@ -234,7 +190,7 @@ fn a_crash_restarts_cold_with_every_flushed_record() {
             "record {n} after a cold start"
         );
     }
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -249,14 +205,14 @@ fn reads_past_the_post_write_cache_go_to_the_device() {
     settle(&mut core);
     let reads_before = mem[0].stats().reads;
     for n in 0..3000 {
-        assert_eq!(value_of(&core.run(get(n))), Some(n as i64));
+        assert_eq!(value_of(&core.run(demo_get(n))), Some(n as i64));
     }
     let device_reads = mem[0].stats().reads - reads_before;
     assert!(
         device_reads > 2000,
         "most records are only on the device: {device_reads} device reads"
     );
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -271,7 +227,7 @@ fn a_corrupt_image_is_an_error_and_never_data() {
     settle(&mut core);
     // The first write block (records 0..) is long out of the cache.
     mem[0].corrupt(8 * MIB + 100..8 * MIB + 101);
-    let r = core.run(get(0));
+    let r = core.run(demo_get(0));
     assert_eq!(r.result, ResultCode::ServerError);
     assert!(r.bins.is_empty());
     assert_eq!(
@@ -281,7 +237,7 @@ fn a_corrupt_image_is_an_error_and_never_data() {
             .load(Ordering::Relaxed),
         1
     );
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -291,8 +247,8 @@ fn records_larger_than_a_write_block_are_refused() {
     let mut txn = put(1, 1);
     txn.request.ops = vec![Op::write(bin("big"), Value::Blob(4, vec![0; 200 << 10]))];
     assert_eq!(core.run(txn).result, ResultCode::RecordTooBig);
-    assert_eq!(core.run(get(1)).result, ResultCode::KeyNotFound);
-    shutdown(core);
+    assert_eq!(core.run(demo_get(1)).result, ResultCode::KeyNotFound);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -330,12 +286,12 @@ fn acknowledged_commits_survive_a_power_cut_at_any_point() {
         assert!(matches!(kind, StartKind::Cold { .. }));
         for n in &acked {
             assert_eq!(
-                value_of(&core.run(get(*n))),
+                value_of(&core.run(demo_get(*n))),
                 Some(*n as i64 * 3),
                 "acked record {n} (crash after {crash_after})"
             );
         }
-        shutdown(core);
+        clean_shutdown(core);
     }
     assert!(
         total_acked >= 10,
@@ -351,28 +307,31 @@ fn durable_deletes_stay_deleted_and_plain_deletes_may_return_after_a_cold_start(
         core.run(put(n, n as i64));
     }
     settle(&mut core);
-    assert_eq!(core.run(delete(1, true)).result, ResultCode::Ok);
-    assert_eq!(core.run(delete(2, false)).result, ResultCode::Ok);
-    assert_eq!(core.run(delete(3, false)).result, ResultCode::Ok);
-    assert_eq!(core.run(delete(3, false)).result, ResultCode::KeyNotFound);
-    assert_eq!(core.run(get(1)).result, ResultCode::KeyNotFound);
-    assert_eq!(core.run(get(2)).result, ResultCode::KeyNotFound);
+    assert_eq!(core.run(demo_delete(1, true)).result, ResultCode::Ok);
+    assert_eq!(core.run(demo_delete(2, false)).result, ResultCode::Ok);
+    assert_eq!(core.run(demo_delete(3, false)).result, ResultCode::Ok);
+    assert_eq!(
+        core.run(demo_delete(3, false)).result,
+        ResultCode::KeyNotFound
+    );
+    assert_eq!(core.run(demo_get(1)).result, ResultCode::KeyNotFound);
+    assert_eq!(core.run(demo_get(2)).result, ResultCode::KeyNotFound);
     settle(&mut core);
     drop(core);
 
     let (mut core, _) = fx.open_core();
     assert_eq!(
-        core.run(get(1)).result,
+        core.run(demo_get(1)).result,
         ResultCode::KeyNotFound,
         "a durable delete survives a cold start"
     );
     // As in Aerospike: a plain delete only drops the index entry, so the
     // record's image on flash comes back when the index is rebuilt.
-    assert_eq!(value_of(&core.run(get(2))), Some(2));
-    assert_eq!(value_of(&core.run(get(0))), Some(0));
+    assert_eq!(value_of(&core.run(demo_get(2))), Some(2));
+    assert_eq!(value_of(&core.run(demo_get(0))), Some(0));
     // A tombstone is not a record: writing the key again starts a new life.
     assert_eq!(core.run(put(1, 11)).result, ResultCode::Ok);
-    assert_eq!(value_of(&core.run(get(1))), Some(11));
+    assert_eq!(value_of(&core.run(demo_get(1))), Some(11));
     // Regression: the re-created record starts again at generation 1, below
     // its tombstone's; a cold start that ranked images by generation first
     // brought the tombstone back and lost this acknowledged write. The same
@@ -382,16 +341,16 @@ fn durable_deletes_stay_deleted_and_plain_deletes_may_return_after_a_cold_start(
     drop(core);
     let (mut core, _) = fx.open_core();
     assert_eq!(
-        value_of(&core.run(get(1))),
+        value_of(&core.run(demo_get(1))),
         Some(11),
         "re-created after a durable delete"
     );
     assert_eq!(
-        value_of(&core.run(get(2))),
+        value_of(&core.run(demo_get(2))),
         Some(22),
         "re-created after a plain delete"
     );
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -413,8 +372,8 @@ fn expired_records_are_never_returned_and_are_dropped_by_a_cold_start() {
     assert_eq!(r.void_time as u64, now.load(Ordering::Relaxed) + 10);
     core.run(put(2, 2));
     now.fetch_add(11, Ordering::Relaxed);
-    assert_eq!(core.run(get(1)).result, ResultCode::KeyNotFound);
-    assert_eq!(value_of(&core.run(get(2))), Some(2));
+    assert_eq!(core.run(demo_get(1)).result, ResultCode::KeyNotFound);
+    assert_eq!(value_of(&core.run(demo_get(2))), Some(2));
     // Creating it again works (the expired record counts as absent).
     let mut create = put(1, 5);
     create.request.exists = ExistsAction::CreateOnly;
@@ -430,16 +389,16 @@ fn expired_records_are_never_returned_and_are_dropped_by_a_cold_start() {
         panic!("{kind:?}")
     };
     assert_eq!(scan.expired, 1, "record 3 expired while down");
-    assert_eq!(core.run(get(3)).result, ResultCode::KeyNotFound);
-    assert_eq!(value_of(&core.run(get(1))), Some(5));
-    shutdown(core);
+    assert_eq!(core.run(demo_get(3)).result, ResultCode::KeyNotFound);
+    assert_eq!(value_of(&core.run(demo_get(1))), Some(5));
+    clean_shutdown(core);
 }
 
 #[test]
 fn devices_of_another_namespace_are_refused_unless_erasing_is_allowed() {
     let (fx, _mem) = Fixture::memory(1, storage_config());
     let (core, _) = fx.open_core();
-    shutdown(core);
+    clean_shutdown(core);
     let mut other = storage_config();
     other.namespace = "other".into();
     let err = Namespace::open(
@@ -504,23 +463,23 @@ fn the_uring_backend_serves_and_restarts_warm_and_cold() {
     for n in 0..3000 {
         assert_eq!(core.run(put(n, n as i64)).result, ResultCode::Ok);
     }
-    shutdown(core);
+    clean_shutdown(core);
     let (mut core, kind) = start(&config);
     assert!(
         matches!(kind, StartKind::Warm { entries: 3000 }),
         "{kind:?}"
     );
     for n in (0..3000).step_by(7) {
-        assert_eq!(value_of(&core.run(get(n))), Some(n as i64));
+        assert_eq!(value_of(&core.run(demo_get(n))), Some(n as i64));
     }
     core.run(put(5, 55));
     settle(&mut core);
     drop(core);
     let (mut core, kind) = start(&config);
     assert!(matches!(kind, StartKind::Cold { .. }), "{kind:?}");
-    assert_eq!(value_of(&core.run(get(5))), Some(55));
-    assert_eq!(value_of(&core.run(get(2999))), Some(2999));
-    shutdown(core);
+    assert_eq!(value_of(&core.run(demo_get(5))), Some(55));
+    assert_eq!(value_of(&core.run(demo_get(2999))), Some(2999));
+    clean_shutdown(core);
 }
 
 /// Regression (found by review, then reproduced here): a block freed the
@@ -563,7 +522,7 @@ fn a_block_emptied_by_an_unflushed_rewrite_is_not_reused_before_it_is_durable() 
     // Empty the first block of everything but K, then rewrite K: the new
     // copy waits in A's unflushed buffer and the first block is freed.
     for n in 0..600 {
-        assert_eq!(a.run(delete(n, false)).result, ResultCode::Ok);
+        assert_eq!(a.run(demo_delete(n, false)).result, ResultCode::Ok);
     }
     assert_eq!(a.run(put(K, 2)).result, ResultCode::Ok);
     // Core B fills the never-used block, then wants the freed one.
@@ -594,7 +553,7 @@ fn a_block_emptied_by_an_unflushed_rewrite_is_not_reused_before_it_is_durable() 
     assert!(matches!(kind, StartKind::Cold { .. }));
     let mut core = CoreStorage::new(ns).unwrap();
     assert_eq!(
-        value_of(&core.run(get(K))),
+        value_of(&core.run(demo_get(K))),
         Some(1),
         "K's last durable image survives"
     );

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{small_config, SegmentsGuard};
+use common::{clean_shutdown, memory_devices, small_config, SegmentsGuard};
 use osprey_engine::device::memory::{Faults, MemoryDevice};
 use osprey_engine::device::{Device, IoKind};
 use osprey_engine::index::IndexConfig;
@@ -24,8 +24,6 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-const MIB: u64 = 1 << 20;
 
 fn storage_config() -> StorageConfig {
     let mut c = StorageConfig::new("test");
@@ -148,13 +146,7 @@ struct Fixture {
 
 impl Fixture {
     fn memory(n_devices: usize, config: StorageConfig) -> (Fixture, Vec<MemoryDevice>) {
-        let memory: Vec<MemoryDevice> = (0..n_devices)
-            .map(|i| MemoryDevice::new(&format!("mem{i}"), 16 * MIB, 4096, 64))
-            .collect();
-        let devices = memory
-            .iter()
-            .map(|m| Arc::new(m.clone()) as Arc<dyn Device>)
-            .collect();
+        let (memory, devices) = memory_devices(n_devices);
         let index = small_config(16);
         let fixture = Fixture {
             _guard: SegmentsGuard(index.clone()),
@@ -176,18 +168,6 @@ impl Fixture {
         .expect("start");
         (CoreStorage::new(Arc::new(ns)).unwrap(), kind)
     }
-}
-
-/// Flushes the core and shuts the namespace down cleanly.
-fn shutdown(mut core: CoreStorage) {
-    core.flush_all(Duration::from_secs(10)).unwrap();
-    let ns = core.namespace().clone();
-    drop(core);
-    Arc::try_unwrap(ns)
-        .ok()
-        .expect("no other references")
-        .shutdown()
-        .unwrap();
 }
 
 /// Writes everything out and lets it complete, as a crash would find it.
@@ -259,7 +239,7 @@ fn an_expiry_pass_removes_exactly_the_expired_records_and_frees_their_blocks() {
     let again = ns.expire(u64::MAX);
     assert_eq!((again.scanned, again.expired), (700, 0));
     drop(ns);
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -286,7 +266,7 @@ fn the_expiry_budget_spreads_the_work_over_passes() {
     assert_eq!(ns.index.len(), 20);
     assert_accounting(&ns);
     drop(ns);
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -315,7 +295,7 @@ fn a_record_rewritten_after_the_scan_saw_it_is_kept() {
     assert_eq!(ns.expire(u64::MAX).expired, 0);
     assert_accounting(&ns);
     drop(ns);
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -360,7 +340,7 @@ fn expiry_racing_a_core_that_rewrites_the_records_loses_none() {
     }
     assert_accounting(&ns);
     drop(ns);
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 // ---- eviction -----------------------------------------------------------
@@ -411,7 +391,7 @@ fn eviction_takes_the_shortest_ttl_first_and_never_records_that_never_expire() {
     assert_eq!(ns.evict_if_needed(1), 0, "nothing left to evict");
     assert_accounting(&ns);
     drop(ns);
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -444,7 +424,7 @@ fn a_supervisor_pass_expires_first_then_evicts_what_is_still_over() {
     assert_eq!((report.expired, report.evict.evicted), (0, 0));
     assert_accounting(&ns);
     drop(ns);
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 // ---- truncation ---------------------------------------------------------
@@ -475,7 +455,7 @@ fn a_truncate_covers_writes_of_its_own_millisecond_and_spares_later_ones() {
     assert!(matches!(kind, StartKind::Cold { .. }), "{kind:?}");
     assert_eq!(present(&mut core, "a", 0..10), 0);
     assert_eq!(present(&mut core, "a", 10..20), 10);
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -532,7 +512,7 @@ fn truncating_a_set_keeps_the_others_and_the_namespace_takes_all() {
     }
     assert_accounting(&ns);
     drop(ns);
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -588,7 +568,7 @@ fn a_truncate_with_a_cutoff_keeps_newer_records() {
     assert_eq!(ns.truncated_before(b"a"), cutoff);
     assert_accounting(&ns);
     drop(ns);
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -616,7 +596,7 @@ fn a_truncation_survives_a_warm_restart_and_a_crash() {
         let r = core.run(put("a", n, -(n as i64), Ttl::NeverExpire));
         assert_eq!((r.result, r.generation), (ResultCode::Ok, 1), "a:{n}");
     }
-    shutdown(core);
+    clean_shutdown(core);
 
     let check = |core: &mut CoreStorage, when: &str| {
         for n in 0..200 {
@@ -645,7 +625,7 @@ fn a_truncation_survives_a_warm_restart_and_a_crash() {
         "the truncated records found on flash and dropped: {scan:?}"
     );
     check(&mut core, "after a crash and a cold start");
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -682,7 +662,7 @@ fn a_truncated_key_written_again_survives_a_cold_start() {
             "a:{n}, written after the truncate"
         );
     }
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -711,14 +691,14 @@ fn too_many_truncations_are_refused_until_a_namespace_truncate_merges_them() {
     assert_eq!(ns.truncate(None, None), Ok(0));
     assert_eq!(ns.truncate(Some("one-more"), None), Ok(0));
     drop(ns);
-    shutdown(core);
+    clean_shutdown(core);
     let (core, kind) = fx.open_core();
     assert!(matches!(kind, StartKind::Warm { .. }), "{kind:?}");
     assert_eq!(
         core.namespace().truncated_before(b"set-500"),
         fx.clock.now().now_ms + 1
     );
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 #[test]
@@ -751,12 +731,12 @@ fn a_header_write_failure_fails_the_truncate_and_removes_nothing() {
     // Retrying after the fault is gone works.
     assert_eq!(ns.truncate(Some("a"), None), Ok(50));
     drop(ns);
-    shutdown(core);
+    clean_shutdown(core);
     let (core, kind) = fx.open_core();
     assert!(matches!(kind, StartKind::Warm { .. }), "{kind:?}");
     assert!(core.namespace().truncated_before(b"a") > 0);
     assert_eq!(core.namespace().index.len(), 0);
-    shutdown(core);
+    clean_shutdown(core);
 }
 
 // ---- start-up progress ----------------------------------------------------
@@ -787,5 +767,5 @@ fn a_cold_scan_reports_its_progress_per_device() {
         devices.iter().map(|d| d.scanned_bytes).sum::<u64>(),
         scan.bytes_scanned
     );
-    shutdown(core);
+    clean_shutdown(core);
 }

@@ -63,3 +63,71 @@ pub fn record(digest: Digest, seed: u64) -> IndexRecord {
         key_stored: seed % 2 == 0,
     }
 }
+
+// ---- storage fixtures ------------------------------------------------------
+
+use osprey_engine::device::memory::MemoryDevice;
+use osprey_engine::device::Device;
+use osprey_engine::ops::Request;
+use osprey_engine::storage::core::{CoreStorage, Transaction};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const MIB: u64 = 1 << 20;
+
+/// `n` memory devices of 16 MiB (4 KiB units, 64-deep queues), and the same
+/// devices as the engine takes them.
+pub fn memory_devices(n: usize) -> (Vec<MemoryDevice>, Vec<Arc<dyn Device>>) {
+    let memory: Vec<MemoryDevice> = (0..n)
+        .map(|i| MemoryDevice::new(&format!("mem{i}"), 16 * MIB, 4096, 64))
+        .collect();
+    let devices = memory
+        .iter()
+        .map(|m| Arc::new(m.clone()) as Arc<dyn Device>)
+        .collect();
+    (memory, devices)
+}
+
+/// The digest of integer key `n` in set "demo".
+pub fn demo_digest(n: u64) -> Digest {
+    Digest::compute("demo", &osprey_engine::UserKey::Integer(n as i64))
+}
+
+/// Reads all bins of key `n` in set "demo".
+pub fn demo_get(n: u64) -> Transaction {
+    Transaction {
+        request: Request {
+            digest: demo_digest(n),
+            read_all_bins: true,
+            set_name: b"demo".to_vec(),
+            ..Default::default()
+        },
+        durable_delete: false,
+    }
+}
+
+/// Deletes key `n` in set "demo", leaving a tombstone when `durable`.
+pub fn demo_delete(n: u64, durable: bool) -> Transaction {
+    Transaction {
+        request: Request {
+            digest: demo_digest(n),
+            delete: true,
+            set_name: b"demo".to_vec(),
+            ..Default::default()
+        },
+        durable_delete: durable,
+    }
+}
+
+/// Flushes the core and shuts its namespace down cleanly (the next start
+/// is warm).
+pub fn clean_shutdown(mut core: CoreStorage) {
+    core.flush_all(Duration::from_secs(10)).unwrap();
+    let ns = core.namespace().clone();
+    drop(core);
+    Arc::try_unwrap(ns)
+        .ok()
+        .expect("no other references")
+        .shutdown()
+        .unwrap();
+}
