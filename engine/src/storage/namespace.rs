@@ -215,7 +215,9 @@ impl DeviceSlot {
     /// Keeps a retired write block readable from RAM, evicting the oldest.
     /// An evicted block is dropped from its slot only if the slot still holds
     /// it: the write block may have been freed and reopened by a writer since.
-    pub(crate) fn cache_retired(&self, wblock: u32, block: &Arc<Block>) {
+    /// Returns the evicted block's memory when no reader holds it any more,
+    /// for the caller to reuse.
+    pub(crate) fn cache_retired(&self, wblock: u32, block: &Arc<Block>) -> Option<Box<[u8]>> {
         let evicted = {
             let mut order = lock(&self.cache_order);
             order.push_back((wblock, block.clone()));
@@ -225,12 +227,16 @@ impl DeviceSlot {
                 None
             }
         };
-        if let Some((old, old_block)) = evicted {
+        let (old, old_block) = evicted?;
+        {
             let mut slot = lock(&self.blocks[old as usize]);
             if slot.as_ref().is_some_and(|b| Arc::ptr_eq(b, &old_block)) {
                 *slot = None;
             }
         }
+        Arc::try_unwrap(old_block)
+            .ok()
+            .map(|b| b.bytes.into_inner().unwrap_or_else(|e| e.into_inner()))
     }
 }
 

@@ -37,7 +37,7 @@ pub struct UringQueue {
 impl UringQueue {
     pub fn new(file: Arc<File>, info: Arc<DeviceInfo>) -> std::io::Result<UringQueue> {
         let depth = info.queue_depth.max(1);
-        let ring = IoUring::new(depth.next_power_of_two())?;
+        let ring = new_ring(depth.next_power_of_two())?;
         Ok(UringQueue {
             ring,
             file,
@@ -88,7 +88,11 @@ impl UringQueue {
     }
 
     pub fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
-        if self.unsubmitted > 0 {
+        // With cooperative task running the kernel does not interrupt this
+        // (busy-polling) thread to post completions: it raises the TASKRUN
+        // flag and the completions are posted by our next enter, which
+        // `submit` makes with GETEVENTS when the flag is up.
+        if self.unsubmitted > 0 || self.ring.submission().taskrun() {
             // On a transient failure (EAGAIN, EBUSY) the entries stay in the
             // ring and the next poll tries again.
             if let Ok(n) = self.ring.submit() {
@@ -135,6 +139,23 @@ impl UringQueue {
             });
         }
         self.reaped.len()
+    }
+}
+
+/// A ring with cooperative task running and the TASKRUN flag (Linux 5.19+):
+/// a completion no longer sends an inter-processor interrupt to a thread
+/// that is busy polling (on a VM each one is an exit and a reschedule), it
+/// sets a flag that `poll` checks. Older kernels refuse the flags with
+/// EINVAL; they get a plain ring.
+fn new_ring(entries: u32) -> std::io::Result<IoUring> {
+    match IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(entries)
+    {
+        Ok(ring) => Ok(ring),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::new(entries),
+        Err(e) => Err(e),
     }
 }
 

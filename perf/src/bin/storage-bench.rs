@@ -49,7 +49,11 @@
 //! 5. **Sustained 1 KiB writes** (figure 2): records with a 1 KiB bin, keys
 //!    overwritten in a cycle over a key space of about 5% of the device (at
 //!    most 256 MiB, so the device never fills), for `--seconds`: the rate is
-//!    acknowledged records × image bytes (1,104) ÷ the window. Writes are
+//!    acknowledged records × image bytes (1,104) ÷ the window. The writes
+//!    run on `--write-cores` storage cores (default: one per CPU core, as
+//!    ospreyd runs them), each its own thread, queue and open buffer over
+//!    its own share of the keys; fio writes with one job, which is enough
+//!    for the device's bandwidth (its CPU share is printed). Writes are
 //!    acknowledged from RAM, but the core refuses them ("device overload",
 //!    retried by the bench) once 64 MiB of flushes are pending, so at most
 //!    that plus the open 1 MiB buffer is counted before it reaches the
@@ -110,7 +114,8 @@
 //!
 //! ```text
 //! storage-bench [--records N] [--dir PATH] [--file-size-mib M]
-//!               [--queue-depth Q] [--seconds S] [--quick] [--json PATH]
+//!               [--queue-depth Q] [--write-cores C] [--seconds S]
+//!               [--quick] [--json PATH]
 //!               [--keep] [--shm-key-base K] [--fio PROGRAM]
 //! ```
 #![deny(unsafe_code)]
@@ -180,7 +185,7 @@ const NAMESPACE_ID: u32 = 1;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 const USAGE: &str = "usage: storage-bench [--records N] [--dir PATH] [--file-size-mib M] \
-[--queue-depth Q] [--seconds S] [--quick] [--json PATH] [--keep] [--shm-key-base K] [--fio PROGRAM]";
+[--queue-depth Q] [--write-cores C] [--seconds S] [--quick] [--json PATH] [--keep] [--shm-key-base K] [--fio PROGRAM]";
 
 // ---- options --------------------------------------------------------------
 
@@ -189,6 +194,8 @@ struct Options {
     dir: PathBuf,
     file_size_mib: Option<u64>,
     queue_depth: u32,
+    /// Storage cores (threads) of the sustained-write phase.
+    write_cores: usize,
     seconds: f64,
     quick: bool,
     json: Option<PathBuf>,
@@ -221,6 +228,7 @@ fn parse_options(args: &[String]) -> Result<Options, Usage> {
     let mut dir = None;
     let mut file_size_mib = None;
     let mut queue_depth = None;
+    let mut write_cores = None;
     let mut seconds = None;
     let mut json = None;
     let mut shm_key_base = None;
@@ -252,6 +260,7 @@ fn parse_options(args: &[String]) -> Result<Options, Usage> {
             "--dir",
             "--file-size-mib",
             "--queue-depth",
+            "--write-cores",
             "--seconds",
             "--json",
             "--shm-key-base",
@@ -295,6 +304,13 @@ fn parse_options(args: &[String]) -> Result<Options, Usage> {
                 }
                 queue_depth = Some(q as u32);
             }
+            "--write-cores" => {
+                let c = parse_number(flag, &value)?;
+                if !(1..=64).contains(&c) {
+                    return Err(Usage(format!("{flag}: {c} is not in 1..=64")));
+                }
+                write_cores = Some(c as usize);
+            }
             "--seconds" => {
                 let s: f64 = value
                     .parse()
@@ -336,6 +352,13 @@ fn parse_options(args: &[String]) -> Result<Options, Usage> {
         dir: dir.unwrap_or_else(|| PathBuf::from("./data/bench")),
         file_size_mib,
         queue_depth,
+        // Default: one storage core per CPU core, as ospreyd runs them.
+        write_cores: write_cores.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(64)
+        }),
         seconds: seconds.unwrap_or(if quick { 0.3 } else { 10.0 }),
         quick,
         json,
@@ -1883,15 +1906,51 @@ fn run(options: &Options) -> Result<(), String> {
     // 5. Sustained 1 KiB writes.
     eprintln!("storage-bench: sustained 1 KiB writes over {small_keys} keys");
     let mut small_acked: Vec<Option<u32>> = vec![None; small_keys as usize];
+    // One storage core per CPU core, as ospreyd runs them: this core's and
+    // one more per extra core, each on its own thread, queue and open
+    // buffer, over its own share of the keys. The extra cores flush what
+    // they hold after the measured window (like the backlog, not timed).
+    let write_cores = options.write_cores.max(1);
+    let share = small_keys.div_ceil(write_cores as u64) as usize;
     let before = Snapshot::take(&ns);
-    let mut cyclic = CyclicWrites {
-        digests: &digests,
-        first: n,
-        count: small_keys,
-        seq: 0,
-        acked: &mut small_acked,
-    };
-    let written = drive(&mut core, &mut cyclic, q, Some(seconds_from_now(secs)))?;
+    let deadline = seconds_from_now(secs);
+    let written = std::thread::scope(|scope| -> Result<DriveStats, String> {
+        let mut chunks = small_acked.chunks_mut(share);
+        let mine = chunks.next().ok_or("no 1 KiB keys")?;
+        let mut others = Vec::new();
+        for (i, acked) in chunks.enumerate() {
+            let (ns, digests) = (&ns, &digests);
+            others.push(scope.spawn(move || -> Result<DriveStats, String> {
+                let mut extra = new_core(ns)?;
+                let mut cyclic = CyclicWrites {
+                    digests,
+                    first: n + ((i + 1) * share) as u64,
+                    count: acked.len() as u64,
+                    seq: 0,
+                    acked,
+                };
+                let stats = drive(&mut extra, &mut cyclic, q, Some(deadline))?;
+                extra.flush_all(TIMEOUT)?;
+                Ok(stats)
+            }));
+        }
+        let mut cyclic = CyclicWrites {
+            digests: &digests,
+            first: n,
+            count: mine.len() as u64,
+            seq: 0,
+            acked: mine,
+        };
+        let mut total = drive(&mut core, &mut cyclic, q, Some(deadline))?;
+        for other in others {
+            let stats = other
+                .join()
+                .map_err(|_| "a write core panicked".to_string())??;
+            total.finished += stats.finished;
+            total.retries += stats.retries;
+        }
+        Ok(total)
+    })?;
     let writes = before.delta(&ns);
     let small_image = ns
         .index
@@ -1908,7 +1967,7 @@ fn run(options: &Options) -> Result<(), String> {
     let write_rate = client_bytes as f64 / writes.elapsed.as_secs_f64();
     let small_written = small_acked.iter().filter(|s| s.is_some()).count() as u64;
     run.note(format!(
-        "verified 1 KiB writes: {} acknowledged over {small_written} keys ({:.2} cycles), {} retried for device overload; {:.1} k records/s × {small_image} B over {:.3} s (not counting the write backlog still in flight at the end, at most {} MiB); device wrote {:.2} B per client byte ({} writes, {} defrag moves, {} blocks freed by defrag); old records loaded: {} from the post-write cache, {} from the device; CPU: bench {}, fio write {}",
+        "verified 1 KiB writes: {} acknowledged over {small_written} keys ({:.2} cycles) by {write_cores} storage cores, {} retried for device overload; {:.1} k records/s × {small_image} B over {:.3} s (not counting the write backlog still in flight at the end, at most {} MiB); device wrote {:.2} B per client byte ({} writes, {} defrag moves, {} blocks freed by defrag); old records loaded: {} from the post-write cache, {} from the device; CPU: bench {}, fio write {}",
         written.finished,
         written.finished as f64 / small_keys as f64,
         written.retries,
