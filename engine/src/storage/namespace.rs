@@ -799,18 +799,18 @@ impl Namespace {
         let mut block_life = None;
         while at + record::IMAGE_HEADER_BYTES <= bytes.len() {
             let image = match record::peek_image_len(&bytes[at..]) {
-                Some(len) if at + len <= bytes.len() => record::decode(&bytes[at..at + len], None)
-                    .ok()
-                    .map(|r| (r, record::image_life(&bytes[at..]))),
+                Some(len) if at + len <= bytes.len() => {
+                    record::decode_meta(&bytes[at..at + len]).ok()
+                }
                 _ => None,
             };
-            if let Some((_, life)) = &image {
-                if *block_life.get_or_insert(*life) != *life {
+            if let Some(image) = &image {
+                if *block_life.get_or_insert(image.life) != image.life {
                     summary.other_life += 1;
                     break;
                 }
             }
-            let Some((image, _)) = image else {
+            let Some(image) = image else {
                 if at % unit == 0 {
                     if bytes[at..at + RBLOCK_BYTES].iter().any(|&b| b != 0) {
                         summary.bad_images += 1;
@@ -820,7 +820,7 @@ impl Namespace {
                 at = at.div_ceil(unit) * unit;
                 continue;
             };
-            let len = image.image_len();
+            let len = image.len;
             summary.records_read += 1;
             summary.max_lut_ms = summary.max_lut_ms.max(image.last_update_ms);
             let candidate = IndexRecord {
@@ -836,13 +836,13 @@ impl Namespace {
                 set_id: if image.set_name.is_empty() {
                     0
                 } else {
-                    std::str::from_utf8(&image.set_name)
+                    std::str::from_utf8(image.set_name)
                         .ok()
                         .and_then(|s| self.index.set_id(s).ok())
                         .unwrap_or(0)
                 },
                 tombstone: image.tombstone,
-                key_stored: image.key.is_some(),
+                key_stored: image.key_stored,
             };
             at += len;
             let outcome = self.index.update(&image.digest, |old| match old {
