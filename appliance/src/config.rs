@@ -38,7 +38,7 @@ use osprey_engine::index::config::{KEYS_PER_NAMESPACE, MAX_NAMESPACE_ID};
 use osprey_engine::index::{IndexConfig, PageMode};
 use osprey_engine::storage::header::HEADER_REGION_BYTES;
 use osprey_engine::storage::namespace::StorageConfig;
-use osprey_engine::storage::supervisor::SupervisorConfig;
+use osprey_engine::storage::supervisor::{SupervisorConfig, TombRaiderConfig};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
@@ -53,6 +53,12 @@ pub const MAX_TICKER_INTERVAL_S: u64 = 3600;
 /// Ten years of 365 days, as Aerospike caps `default-ttl`.
 pub const MAX_DEFAULT_TTL_S: u64 = 10 * 365 * 86_400;
 pub const MAX_NSUP_PERIOD_S: u64 = 86_400;
+/// Tomb-raider passes at most 30 days apart (0 = off); a day by default,
+/// as Aerospike has it: a pass reads every write block of every device.
+pub const MAX_TOMB_RAIDER_PERIOD_S: u64 = 30 * 86_400;
+pub const DEFAULT_TOMB_RAIDER_PERIOD_S: u64 = 86_400;
+/// The pause after each write block a pass reads, at most a second.
+pub const MAX_TOMB_RAIDER_SLEEP_US: i64 = 1_000_000;
 /// One node, one copy: replication needs the cluster layer.
 pub const MAX_REPLICATION_FACTOR: i64 = 1;
 /// Devices per namespace (Aerospike's limit too).
@@ -356,6 +362,8 @@ struct RawNamespace {
     default_ttl: Seconds,
     nsup_period: Seconds,
     evict_used_pct: i64,
+    tomb_raider_period: Seconds,
+    tomb_raider_sleep_us: i64,
     storage: RawStorage,
     index: RawIndex,
 }
@@ -368,6 +376,8 @@ impl Default for RawNamespace {
             default_ttl: Seconds(0),
             nsup_period: Seconds(120),
             evict_used_pct: 0,
+            tomb_raider_period: Seconds(DEFAULT_TOMB_RAIDER_PERIOD_S),
+            tomb_raider_sleep_us: 1000,
             storage: RawStorage::default(),
             index: RawIndex::default(),
         }
@@ -590,12 +600,15 @@ pub struct NamespaceConfig {
     pub nsup_period_s: u64,
     /// 0 = eviction off.
     pub evict_used_pct: u32,
+    /// Seconds between tomb-raider passes (tombstone reclaim); 0 = off.
+    pub tomb_raider_period_s: u64,
     pub devices: Vec<DeviceSpec>,
     /// `storage.file-size`, if given.
     pub file_size_bytes: Option<u64>,
     storage: StorageConfig,
     index: IndexConfig,
     supervisor: SupervisorConfig,
+    tomb_raider: TombRaiderConfig,
 }
 
 impl NamespaceConfig {
@@ -617,6 +630,11 @@ impl NamespaceConfig {
 
     pub fn supervisor_config(&self) -> SupervisorConfig {
         self.supervisor
+    }
+
+    /// What each tomb-raider pass is given (`tomb-raider-sleep-us`).
+    pub fn tomb_raider_config(&self) -> TombRaiderConfig {
+        self.tomb_raider
     }
 
     /// The System V keys this namespace may use: meta segment and every
@@ -790,8 +808,13 @@ impl Config {
             } else {
                 format!("above {}% used", ns.evict_used_pct)
             };
+            let tomb_raider = if ns.tomb_raider_period_s == 0 {
+                "off".to_string()
+            } else {
+                format!("every {} s", ns.tomb_raider_period_s)
+            };
             out.push_str(&format!(
-                "namespace {} (id {}): replication-factor {}, default-ttl {ttl}, nsup {nsup}, eviction {evict}\n",
+                "namespace {} (id {}): replication-factor {}, default-ttl {ttl}, nsup {nsup}, eviction {evict}, tomb-raider {tomb_raider}\n",
                 ns.name, ns.namespace_id, ns.replication_factor
             ));
             let st = &ns.storage;
@@ -1082,6 +1105,7 @@ fn allowed_values(key: &str) -> Option<&'static str> {
         "proto-fd-idle-ms" => "0..=86400000 milliseconds, 0 = never",
         "replication-factor" => "1..=1",
         "evict-used-pct" => "0..=100, 0 = off",
+        "tomb-raider-sleep-us" => "0..=1000000 microseconds",
         "post-write-cache" => "0..=4096 write blocks",
         "flush-max-ms" => "0..=60000 milliseconds",
         "defrag-lwm-pct" => "0..=99",
@@ -1388,6 +1412,22 @@ impl RawNamespace {
             100,
             " (0 = off)",
         )? as u32;
+        let tomb_raider_period_s = self.tomb_raider_period.0;
+        if tomb_raider_period_s > MAX_TOMB_RAIDER_PERIOD_S {
+            return Err(ConfigError::invalid(
+                key("tomb-raider-period"),
+                format!(
+                    "{tomb_raider_period_s} s is not in 0..={MAX_TOMB_RAIDER_PERIOD_S} seconds (30 days; 0 = never reclaim tombstones)"
+                ),
+            ));
+        }
+        let tomb_raider_sleep_us = check_range(
+            &key("tomb-raider-sleep-us"),
+            self.tomb_raider_sleep_us,
+            0,
+            MAX_TOMB_RAIDER_SLEEP_US,
+            " microseconds",
+        )? as u64;
 
         // Storage: the engine checks its own fields.
         let raw = &self.storage;
@@ -1540,6 +1580,10 @@ impl RawNamespace {
             evict_used_pct,
             ..SupervisorConfig::default()
         };
+        let tomb_raider = TombRaiderConfig {
+            sleep_per_block: std::time::Duration::from_micros(tomb_raider_sleep_us),
+            ..TombRaiderConfig::default()
+        };
         Ok(NamespaceConfig {
             name,
             namespace_id,
@@ -1547,11 +1591,13 @@ impl RawNamespace {
             default_ttl_s,
             nsup_period_s,
             evict_used_pct,
+            tomb_raider_period_s,
             devices,
             file_size_bytes,
             storage,
             index,
             supervisor,
+            tomb_raider,
         })
     }
 }
@@ -1722,6 +1768,64 @@ mod tests {
         ] {
             let e = with_security(table).unwrap_err();
             assert_eq!(e.key(), Some(key), "{table}: {e}");
+        }
+    }
+
+    /// A config with `keys` in its one namespace.
+    fn with_namespace_keys(keys: &str) -> Result<Config> {
+        let device = std::env::temp_dir().join("osprey-config-test-tombs.dat");
+        let text = format!(
+            "[[namespace]]\nname = \"t\"\n{keys}\n[namespace.storage]\ndevices = [{:?}]\nfile-size = \"64M\"\n",
+            device.display().to_string()
+        );
+        Config::parse(&text, Path::new("/etc/osprey"))
+    }
+
+    #[test]
+    fn tomb_raider_keys() {
+        let ns = &with_namespace_keys("").unwrap().namespaces[0];
+        assert_eq!(ns.tomb_raider_period_s, DEFAULT_TOMB_RAIDER_PERIOD_S);
+        assert_eq!(
+            ns.tomb_raider_config().sleep_per_block,
+            std::time::Duration::from_millis(1)
+        );
+        let ns = &with_namespace_keys("tomb-raider-period = \"2h\"\ntomb-raider-sleep-us = 0")
+            .unwrap()
+            .namespaces[0];
+        assert_eq!(ns.tomb_raider_period_s, 7200);
+        assert!(ns.tomb_raider_config().sleep_per_block.is_zero());
+        assert_eq!(
+            with_namespace_keys("tomb-raider-period = 0")
+                .unwrap()
+                .namespaces[0]
+                .tomb_raider_period_s,
+            0,
+            "0 turns it off"
+        );
+        for (keys, key, says) in [
+            (
+                "tomb-raider-period = \"31d\"",
+                "namespace[0].tomb-raider-period",
+                "0..=2592000",
+            ),
+            (
+                "tomb-raider-sleep-us = -1",
+                "namespace[0].tomb-raider-sleep-us",
+                "0..=1000000",
+            ),
+            (
+                "tomb-raider-sleep-us = 2000000",
+                "namespace[0].tomb-raider-sleep-us",
+                "0..=1000000",
+            ),
+        ] {
+            let e = with_namespace_keys(keys).unwrap_err();
+            assert!(
+                e.key()
+                    .is_some_and(|k| k.ends_with(key.rsplit('.').next().unwrap())),
+                "{keys}: {e}"
+            );
+            assert!(e.to_string().contains(says), "{keys}: {e}");
         }
     }
 

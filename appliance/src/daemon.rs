@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use osprey_engine::device::uring::UringDevice;
 use osprey_engine::device::Device;
 use osprey_engine::storage::namespace::{system_clock, Namespace, ScanProgress, StartKind};
+use osprey_engine::storage::supervisor::TombRaiderReport;
 use osprey_net::reactor::{self, NetShared, Reactor, ReactorConfig};
 
 use crate::config::{self, Config, DeviceSpec};
@@ -436,46 +437,104 @@ fn control_loop(state: &ServerState, config: &Config, stop_signal: &AtomicBool) 
                 .then(|| Instant::now() + Duration::from_secs(n.nsup_period_s.into()))
         })
         .collect();
+    // Tomb-raider passes (tombstone reclaim), per namespace; config and
+    // state list the namespaces in the same order.
+    let mut next_tomb_raid: Vec<Option<Instant>> = config
+        .namespaces
+        .iter()
+        .map(|n| {
+            (n.tomb_raider_period_s > 0)
+                .then(|| Instant::now() + Duration::from_secs(n.tomb_raider_period_s))
+        })
+        .collect();
+    let stop = || stop_signal.load(Relaxed) || state.net.stopping();
     let mut last = Ticker::default();
-    loop {
-        if stop_signal.load(Relaxed) {
-            log("info", "stop signal received");
-            return;
-        }
-        if state.net.stopping() {
-            log("info", "shutdown requested by an info command");
-            return;
-        }
-        let now = Instant::now();
-        if now >= next_ticker {
-            next_ticker = now + ticker;
-            last = ticker_lines(state, &last, ticker);
-        }
-        for (i, due) in next_nsup.iter_mut().enumerate() {
-            let Some(at) = *due else { continue };
-            if now < at {
-                continue;
+    // A tomb-raider pass reads every device (paced), which can take minutes:
+    // it runs on a thread of its own so that signals, the ticker and the
+    // expiry passes go on meanwhile. Leaving the scope waits for a pass
+    // under way; a stop request ends it between write blocks.
+    std::thread::scope(|scope| {
+        let mut raids: Vec<Option<std::thread::ScopedJoinHandle<'_, TombRaiderReport>>> =
+            config.namespaces.iter().map(|_| None).collect();
+        loop {
+            if stop_signal.load(Relaxed) {
+                log("info", "stop signal received");
+                return;
             }
-            let runtime = &state.namespaces[i];
-            let report = runtime
-                .ns
-                .run_supervisor_pass((runtime.ns.clock)(), &runtime.supervisor);
-            if report.expired > 0 || report.evict.evicted > 0 {
-                log(
-                    "info",
-                    &format!(
-                        "namespace {}: supervisor: {} expired, {} evicted in {:.3} s",
-                        runtime.name,
-                        report.expired,
-                        report.evict.evicted,
-                        report.elapsed.as_secs_f64()
-                    ),
-                );
+            if state.net.stopping() {
+                log("info", "shutdown requested by an info command");
+                return;
             }
-            *due = Some(Instant::now() + Duration::from_secs(runtime.nsup_period_s.into()));
+            let now = Instant::now();
+            if now >= next_ticker {
+                next_ticker = now + ticker;
+                last = ticker_lines(state, &last, ticker);
+            }
+            for (i, due) in next_nsup.iter_mut().enumerate() {
+                let Some(at) = *due else { continue };
+                if now < at {
+                    continue;
+                }
+                let runtime = &state.namespaces[i];
+                let report = runtime
+                    .ns
+                    .run_supervisor_pass((runtime.ns.clock)(), &runtime.supervisor);
+                if report.expired > 0 || report.evict.evicted > 0 {
+                    log(
+                        "info",
+                        &format!(
+                            "namespace {}: supervisor: {} expired, {} evicted in {:.3} s",
+                            runtime.name,
+                            report.expired,
+                            report.evict.evicted,
+                            report.elapsed.as_secs_f64()
+                        ),
+                    );
+                }
+                *due = Some(Instant::now() + Duration::from_secs(runtime.nsup_period_s.into()));
+            }
+            for (i, due) in next_tomb_raid.iter_mut().enumerate() {
+                let (runtime, ns_config) = (&state.namespaces[i], &config.namespaces[i]);
+                if raids[i].as_ref().is_some_and(|h| h.is_finished()) {
+                    if let Some(Ok(report)) = raids[i].take().map(|h| h.join()) {
+                        log_tomb_raid(&runtime.name, &report);
+                    }
+                    *due =
+                        Some(Instant::now() + Duration::from_secs(ns_config.tomb_raider_period_s));
+                }
+                let Some(at) = *due else { continue };
+                if now < at || raids[i].is_some() {
+                    continue;
+                }
+                let (ns, raider) = (&runtime.ns, ns_config.tomb_raider_config());
+                let stop = &stop;
+                raids[i] = Some(scope.spawn(move || ns.reclaim_tombstones(&raider, stop)));
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
+}
+
+fn log_tomb_raid(namespace: &str, report: &TombRaiderReport) {
+    log(
+        match report.aborted.as_deref() {
+            Some(why) if why != "stopped" => "warn",
+            _ => "info",
+        },
+        &format!(
+            "namespace {namespace}: tomb raider: {} tombstones, {} reclaimed, {} kept (older images on the devices), {} changed meanwhile; read {} MiB in {:.3} s{}",
+            report.marked,
+            report.reclaimed,
+            report.kept,
+            report.changed,
+            report.bytes_read >> 20,
+            report.elapsed.as_secs_f64(),
+            report
+                .aborted
+                .as_ref()
+                .map_or(String::new(), |why| format!("; ended early, nothing reclaimed: {why}"))
+        ),
+    );
 }
 
 /// Counters at the previous ticker line, for rates.

@@ -13,7 +13,12 @@
 //! (merge), increments, bin deletes (which delete the record when they
 //! remove its last bin), touches, plain deletes, durable deletes and gets;
 //! now and then it lets the flush timer fire (`settle`) or calls
-//! `flush_all`.
+//! `flush_all`, and now and then (a separate random stream, so the
+//! transactions of a seed are what they were before) it runs a tomb-raider
+//! pass, whose device reads can also be where the armed crash hits. A
+//! tombstone the pass reclaims must leave its key absent for good: after
+//! it, no image of the key written before the tombstone — not even one a
+//! plain delete left behind — may come back at any later cold start.
 //!
 //! A model predicts every reply (result code, generation, bins in order)
 //! and every index entry (generation, tombstone) while the store runs, and
@@ -60,7 +65,9 @@
 //!
 //! Runs seeds 0..40 by default; `OSPREY_FUZZ_CASES=N` runs N seeds (from
 //! `OSPREY_FUZZ_FIRST_SEED`, default 0), `OSPREY_FUZZ_SEED=S` replays one
-//! seed with its whole op log printed. A
+//! seed with its whole op log printed. A second test runs the same fuzzer
+//! in a tombstone-reclaim profile (small devices, longer epochs, frequent
+//! tomb-raider passes: seeds from 2^32, 24 by default). A
 //! failure prints the seed, the case's configuration and the end of its op
 //! log, and writes the whole log to `target/tmp/`. Replays repeat the same
 //! op sequence and crash points; only which writes the 1–4 ms flush timer
@@ -79,6 +86,7 @@ use osprey_engine::record::{BinName, Value};
 use osprey_engine::result::ResultCode;
 use osprey_engine::storage::core::{CoreStorage, Reply, Transaction};
 use osprey_engine::storage::namespace::{system_clock, Namespace, StartKind, StorageConfig};
+use osprey_engine::storage::supervisor::TombRaiderConfig;
 use osprey_engine::{Digest, IndexRecord, Location, UserKey};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -91,6 +99,8 @@ use std::time::{Duration, Instant};
 const MIB: u64 = 1 << 20;
 const SET: &str = "demo";
 const DEFAULT_CASES: u64 = 40;
+/// The tombstone-reclaim profile's cases are four times as long.
+const DEFAULT_TOMB_CASES: u64 = 24;
 /// Steps a crash epoch may take waiting for its crash point before it cuts
 /// the power itself.
 const MAX_STEPS_TO_CRASH: u32 = 2000;
@@ -481,6 +491,8 @@ struct Stats {
     in_doubt: u64,
     full: u64,
     ghosts_back: u64,
+    tomb_raids: u64,
+    tombstones_reclaimed: u64,
     rolled_back: u64,
 }
 
@@ -495,6 +507,8 @@ impl Stats {
         self.in_doubt += o.in_doubt;
         self.full += o.full;
         self.ghosts_back += o.ghosts_back;
+        self.tomb_raids += o.tomb_raids;
+        self.tombstones_reclaimed += o.tombstones_reclaimed;
         self.rolled_back += o.rolled_back;
     }
 }
@@ -510,6 +524,13 @@ struct Case<'a> {
     config: StorageConfig,
     volatile: bool,
     rng: StdRng,
+    /// Decides when tomb-raider passes run, apart from `rng` so that adding
+    /// them left every seed's transactions as they were.
+    raid_rng: StdRng,
+    raid_probability: f64,
+    /// Multiplies the steps of every epoch: the tomb-raider profile needs
+    /// enough writes to rewrite its devices' blocks.
+    steps_scale: u32,
     n_keys: u64,
     keys: Vec<KeyModel>,
     next_txn: u64,
@@ -523,7 +544,20 @@ impl<'a> Case<'a> {
     fn new(seed: u64, log: &'a mut Vec<String>) -> Case<'a> {
         let mut rng = StdRng::seed_from_u64(seed);
         let n_devices = rng.gen_range(1..=2);
-        let (mem, devices) = memory_devices(n_devices);
+        let tombs = seed & TOMB_SEEDS != 0;
+        let (mem, devices) = if tombs {
+            // The 8 MiB header region and 16 write blocks of 128 KiB.
+            let mem: Vec<MemoryDevice> = (0..n_devices)
+                .map(|i| MemoryDevice::new(&format!("mem{i}"), 10 * MIB, 4096, 64))
+                .collect();
+            let devices = mem
+                .iter()
+                .map(|m| Arc::new(m.clone()) as Arc<dyn Device>)
+                .collect();
+            (mem, devices)
+        } else {
+            memory_devices(n_devices)
+        };
         let mut config = StorageConfig::new("test");
         config.write_block_bytes = 128 << 10;
         config.post_write_cache_blocks = rng.gen_range(1..=4);
@@ -536,11 +570,16 @@ impl<'a> Case<'a> {
         let index = small_config(16);
         log.push(format!(
             "seed {seed}: {n_devices} device(s), commit_to_device {}, volatile cache {volatile}, \
-             post_write_cache_blocks {}, flush_max_ms {}, defrag_lwm_pct {}, {n_keys} keys",
+             post_write_cache_blocks {}, flush_max_ms {}, defrag_lwm_pct {}, {n_keys} keys{}",
             config.commit_to_device,
             config.post_write_cache_blocks,
             config.flush_max_ms,
-            config.defrag_lwm_pct
+            config.defrag_lwm_pct,
+            if tombs {
+                ", tomb-raider profile (10 MiB devices)"
+            } else {
+                ""
+            }
         ));
         Case {
             core: None,
@@ -551,6 +590,9 @@ impl<'a> Case<'a> {
             config,
             volatile,
             rng,
+            raid_rng: StdRng::seed_from_u64(seed ^ 0x7043_B5AD_u64),
+            raid_probability: if tombs { 0.1 } else { 0.03 },
+            steps_scale: if tombs { 4 } else { 1 },
             n_keys,
             keys: vec![KeyModel::new(); n_keys as usize],
             next_txn: 1 << 40,
@@ -708,12 +750,26 @@ impl<'a> Case<'a> {
     /// One random step: a transaction, a batch, a settle or a flush.
     fn step(&mut self) -> Check {
         self.stats.steps += 1;
+        if self.raid_rng.gen_bool(self.raid_probability) {
+            self.tomb_raid()?;
+        }
         match self.rng.gen_range(0..100) {
             0..=2 => self.settle(),
             3..=4 => self.flush_all(),
             5..=10 => self.batch(),
             _ => {
-                let key = self.rng.gen_range(0..self.n_keys);
+                let mut key = self.rng.gen_range(0..self.n_keys);
+                if self.steps_scale > 1 {
+                    // Tomb-raider profile: durably deleted keys mostly rest,
+                    // so that their older images can vanish before they
+                    // are written again and their tombstones get reclaimed.
+                    for _ in 0..6 {
+                        if !matches!(self.keys[key as usize].cur, Img::Tomb(_)) {
+                            break;
+                        }
+                        key = self.rng.gen_range(0..self.n_keys);
+                    }
+                }
                 let action = self.gen_action();
                 self.run_one(key, action)
             }
@@ -834,6 +890,62 @@ impl<'a> Case<'a> {
         }
     }
 
+    /// A tomb-raider pass. A tombstone it reclaims hid no image left
+    /// anywhere a cold start could find it: the key is absent now, and no
+    /// image written before the tombstone may ever come back — not even one
+    /// from before an earlier plain delete, so the key's ghosts are dropped
+    /// from the model. What a crash may bring back otherwise is unchanged
+    /// (the floor and the states since it stay as they were: a reclaim
+    /// writes nothing).
+    fn tomb_raid(&mut self) -> Check {
+        self.stats.tomb_raids += 1;
+        let report = self
+            .core()
+            .namespace()
+            .reclaim_tombstones(&TombRaiderConfig::default(), &|| false);
+        self.note(format!(
+            "tomb raider: {} marked, {} reclaimed, {} kept, {} changed{}",
+            report.marked,
+            report.reclaimed,
+            report.kept,
+            report.changed,
+            report
+                .aborted
+                .as_ref()
+                .map_or(String::new(), |why| format!(", aborted: {why}"))
+        ));
+        if let Some(why) = &report.aborted {
+            if report.reclaimed != 0 {
+                return Err(format!("an aborted tomb raid reclaimed: {report:?}"));
+            }
+            return if self.crashed() {
+                Ok(())
+            } else {
+                Err(format!("tomb raid aborted with no crash: {why}"))
+            };
+        }
+        let mut reclaimed = 0;
+        for key in 0..self.n_keys {
+            let entry = self.core().namespace().index.get(&digest(key));
+            let model = &mut self.keys[key as usize];
+            if matches!(model.cur, Img::Tomb(_)) && entry.is_none() {
+                model.cur = Img::Gone;
+                model.ghosts = 0;
+                reclaimed += 1;
+                self.log.push(format!("k{key}: tombstone reclaimed"));
+            }
+            self.check_index_entry(key)?;
+        }
+        if reclaimed != report.reclaimed {
+            return Err(format!(
+                "the pass says it reclaimed {}, the index lost {reclaimed} tombstones",
+                report.reclaimed
+            ));
+        }
+        self.stats.tombstones_reclaimed += reclaimed;
+        self.check_index_len()
+    }
+
     /// The index entry of `key` agrees with the model.
     fn check_index_entry(&mut self, key: u64) -> Check {
         let entry = self.core().namespace().index.get(&digest(key));
@@ -947,12 +1059,12 @@ impl<'a> Case<'a> {
     /// key against what the model allows.
     fn crash_epoch(&mut self) -> Check {
         self.arm(&[]);
-        let before = self.rng.gen_range(0..60);
+        let before = self.rng.gen_range(0..60) * self.steps_scale;
         for _ in 0..before {
             self.step()?;
         }
         if self.rng.gen_bool(0.25) {
-            let steps = self.rng.gen_range(0..150);
+            let steps = self.rng.gen_range(0..150) * self.steps_scale;
             for _ in 0..steps {
                 self.step()?;
             }
@@ -1036,7 +1148,7 @@ impl<'a> Case<'a> {
     /// then, if asked, the warm-equals-cold check.
     fn clean_epoch(&mut self, cold_check: bool) -> Check {
         self.arm(&[]);
-        let steps = self.rng.gen_range(10..120);
+        let steps = self.rng.gen_range(10..120) * self.steps_scale;
         for _ in 0..steps {
             self.step()?;
         }
@@ -1242,7 +1354,29 @@ fn report(seed: u64, error: &str, log: &[String]) -> String {
 
 #[test]
 fn random_transactions_match_the_model_across_crashes_and_restarts() {
+    fuzz(0);
+}
+
+/// The same fuzzer on small devices (16 write blocks each) with tomb-raider
+/// passes ten times as often: blocks are rewritten within a case, so older
+/// images vanish and tombstones are actually reclaimed — then crashes and
+/// cold starts check that none of those keys comes back. Its seeds are
+/// `TOMB_SEEDS + n` (replay one with `OSPREY_FUZZ_SEED` as printed).
+#[test]
+fn tombstone_reclaim_matches_the_model_across_crashes_and_restarts() {
+    fuzz(TOMB_SEEDS);
+}
+
+/// Seeds from here on run the tombstone-reclaim profile (`Case::new`).
+const TOMB_SEEDS: u64 = 1 << 32;
+
+/// Runs `OSPREY_FUZZ_CASES` seeds from `seed_base + OSPREY_FUZZ_FIRST_SEED`
+/// on two threads, or replays `OSPREY_FUZZ_SEED`.
+fn fuzz(seed_base: u64) {
     if let Some(seed) = env_u64("OSPREY_FUZZ_SEED") {
+        if seed & TOMB_SEEDS != seed_base {
+            return; // the other profile's test replays it
+        }
         match run_case(seed) {
             Ok(stats) => println!("seed {seed} passed: {stats:?}"),
             Err((e, log)) => {
@@ -1253,8 +1387,13 @@ fn random_transactions_match_the_model_across_crashes_and_restarts() {
         }
         return;
     }
-    let cases = env_u64("OSPREY_FUZZ_CASES").unwrap_or(DEFAULT_CASES);
-    let first = env_u64("OSPREY_FUZZ_FIRST_SEED").unwrap_or(0);
+    let default_cases = if seed_base == TOMB_SEEDS {
+        DEFAULT_TOMB_CASES
+    } else {
+        DEFAULT_CASES
+    };
+    let cases = env_u64("OSPREY_FUZZ_CASES").unwrap_or(default_cases);
+    let first = seed_base + env_u64("OSPREY_FUZZ_FIRST_SEED").unwrap_or(0);
     let started = Instant::now();
     let next = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());

@@ -395,6 +395,51 @@ fn eviction_takes_the_shortest_ttl_first_and_never_records_that_never_expire() {
 }
 
 #[test]
+fn eviction_also_keeps_the_index_under_the_mark() {
+    // An index of one 1 MiB stage: 16 383 entries. 12 000 small records
+    // fill 73 % of it and well under half of the device.
+    let (mut fx, _mem) = Fixture::memory(1, storage_config());
+    fx.index.max_stages = 1;
+    let (mut core, _) = fx.open_core();
+    let ns = core.namespace().clone();
+    assert_eq!(ns.index_usage(), (0, 16_383));
+    const G: u64 = 3000;
+    write_all(&mut core, "never", 0..G, Ttl::NeverExpire);
+    write_all(&mut core, "t3000", 0..G, Ttl::Seconds(3000));
+    write_all(&mut core, "t1000", 0..G, Ttl::Seconds(1000));
+    write_all(&mut core, "t2000", 0..G, Ttl::Seconds(2000));
+    assert_eq!(ns.evict_if_needed(80), 0, "under both marks");
+
+    let report = ns.evict(50);
+    assert!(
+        report.used_bytes_before <= report.mark_bytes,
+        "the devices are not what is full: {report:?}"
+    );
+    assert_eq!(
+        (report.index_entries_before, report.index_mark_entries),
+        (4 * G, 8191)
+    );
+    // 3809 entries over: the shortest group is not enough, the next one
+    // (a whole bucket) goes too.
+    assert_eq!(report.evicted, 2 * G, "{report:?}");
+    assert_eq!(report.index_entries_after, 2 * G);
+    assert!(!report.short_of_mark);
+    assert_eq!(present(&mut core, "t1000", 0..G), 0);
+    assert_eq!(present(&mut core, "t2000", 0..G), 0);
+    assert_eq!(present(&mut core, "t3000", 0..G), G);
+    assert_eq!(present(&mut core, "never", 0..G), G);
+    assert_accounting(&ns);
+
+    // Records that never expire are never evicted, even over the mark.
+    let report = ns.evict(10);
+    assert_eq!(report.evicted, G);
+    assert!(report.short_of_mark, "{report:?}");
+    assert_eq!(present(&mut core, "never", 0..G), G);
+    drop(ns);
+    clean_shutdown(core);
+}
+
+#[test]
 fn a_supervisor_pass_expires_first_then_evicts_what_is_still_over() {
     let (fx, _mem) = Fixture::memory(1, storage_config());
     let (mut core, _) = fx.open_core();

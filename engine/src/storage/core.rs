@@ -391,6 +391,17 @@ impl CoreStorage {
                     }
                 }
             }
+            if !self.defrag_paused && !self.defrag_jobs.is_empty() {
+                // Draining defrag: its copies land in open buffers, which
+                // would otherwise wait `flush-max-ms` (each) to be written;
+                // a flush writes them now without retiring the block.
+                for d in 0..self.open.len() {
+                    if let Some(mut buffer) = self.open[d].take() {
+                        self.flush(d, &mut buffer);
+                        self.open[d] = Some(buffer);
+                    }
+                }
+            }
             self.settle_retiring();
             if !self.busy() && self.retiring.is_empty() {
                 break Ok(());
@@ -683,6 +694,11 @@ impl CoreStorage {
         let Some(seen) = seen else {
             return self.reply(txn_id, reply);
         };
+        // The watermark rises before the entry goes: a core re-creating the
+        // key right after the removal must stamp its image later than the
+        // one left on flash, or a cold start could rank the deleted image
+        // first. (Raising it for a removal that then fails is harmless.)
+        self.ns.note_removed(seen.last_update_ms);
         let removed = self.ns.index.modify(&txn.request.digest, |cur| {
             if (cur.location, cur.generation) != (seen.location, seen.generation) {
                 (Change::Keep, None)
@@ -693,7 +709,6 @@ impl CoreStorage {
         match removed {
             Some(Some(old)) => {
                 self.release(&old);
-                self.ns.note_removed(old.last_update_ms);
                 self.ns.stats.deletes.fetch_add(1, Relaxed);
                 self.reply(txn_id, reply);
             }
@@ -874,6 +889,15 @@ impl CoreStorage {
         }
         let slot = &self.ns.devices[d];
         if !for_defrag && slot.wblocks.free_count() <= self.defrag_reserve_blocks(d) {
+            // Below stop-writes-pct the space exists, spread over blocks
+            // none of which is under the low-water mark: defragment the
+            // lightest, if moving it frees at least a tenth of a block.
+            let worth_moving = (wb_bytes as u64 * 9 / 10) as u32;
+            if slot.wblocks.defrag_queue_len() == 0
+                && slot.wblocks.queue_lightest(worth_moving).is_some()
+            {
+                self.ns.stats.emergency_defrags.fetch_add(1, Relaxed);
+            }
             if slot.wblocks.defrag_queue_len() > 0 || self.backlog_bytes[d] > 0 {
                 // Defrag (or writes in flight) will free blocks: retry.
                 self.ns.stats.overloads.fetch_add(1, Relaxed);
@@ -937,7 +961,14 @@ impl CoreStorage {
     fn defrag_reserve_blocks(&self, d: usize) -> usize {
         let slot = &self.ns.devices[d];
         let cores = crate::storage::namespace::lock(&slot.writers).len();
-        (cores + 1).min(slot.wblocks.count() as usize / 16)
+        let count = slot.wblocks.count() as usize;
+        // At least one block even on a device of fewer than 16 (a reserve of
+        // zero wedged such a device for good once it filled with light
+        // blocks: `writes_to_a_device_of_fewer_than_16_blocks_never_wedge`),
+        // and never all of them.
+        (cores + 1)
+            .min((count / 16).max(1))
+            .min(count.saturating_sub(1))
     }
 
     /// Flushes the open buffers that are due.

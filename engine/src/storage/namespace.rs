@@ -267,6 +267,18 @@ pub struct StorageStats {
     /// Blocks left in defrag because a live record in them could not be
     /// read back (a corrupt image): they are never freed.
     pub defrag_stuck: AtomicU64,
+    /// Blocks above the low-water mark queued for defrag because writers
+    /// had run out of free blocks and no block was under the mark.
+    pub emergency_defrags: AtomicU64,
+    /// Tombstone entries reclaimed by tomb-raider passes, and those kept
+    /// because an older image of their key was still found (summed over
+    /// passes: a tombstone kept by three passes counts three times).
+    pub tombstones_reclaimed: AtomicU64,
+    pub tombstones_kept: AtomicU64,
+    /// Tomb-raider passes that finished, and those that reclaimed nothing
+    /// because a device read failed or the pass was stopped.
+    pub tomb_raider_passes: AtomicU64,
+    pub tomb_raider_aborts: AtomicU64,
 }
 
 /// How the namespace started, for the log.
@@ -348,7 +360,7 @@ pub struct Namespace {
     removed_lut_ms: AtomicU64,
 }
 
-const START_IO_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const START_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Write-block lives each start takes for itself (see [`DeviceSlot::draw_life`]).
 ///
 /// Why a range per start written to the header, not "the highest life a cold
@@ -934,7 +946,7 @@ enum Offer {
 /// More exactly, the write path makes every new image's time later than its
 /// stored entry's, or than every removed image's (`min_next_lut`), so two
 /// images of one key never tie.
-fn newer(a: &IndexRecord, b: &IndexRecord) -> bool {
+pub(crate) fn newer(a: &IndexRecord, b: &IndexRecord) -> bool {
     if a.last_update_ms != b.last_update_ms {
         return a.last_update_ms > b.last_update_ms;
     }

@@ -1,4 +1,5 @@
-//! The namespace supervisor ("nsup"): expiry, eviction and truncation.
+//! The namespace supervisor ("nsup"): expiry, eviction, truncation and
+//! tombstone reclaim.
 //!
 //! Model (after Aerospike's nsup): records carry an absolute void time; the
 //! write and read paths already treat an expired record as absent
@@ -28,16 +29,18 @@
 //! last-update time than the image left behind and a cold start ranks the
 //! new record first.
 //!
-//! Eviction: when the devices are fuller than `evict-used-pct`, records are
-//! evicted shortest remaining TTL first, as Aerospike does it: a pass finds
-//! the range of void times, a second builds a histogram of void times
-//! weighted by bytes, the void-time threshold whose buckets free enough
-//! bytes is picked, and a last pass
-//! removes every record whose void time is at or below it (whole buckets, so
-//! all partitions are treated alike; it may free up to one bucket more than
-//! needed). Records that never expire (void time 0) and tombstones are never
-//! evicted. Only device usage is watched; index memory is not (there is no
-//! index memory limit in the storage config yet).
+//! Eviction: when the devices, or the index, are fuller than
+//! `evict-used-pct`, records are evicted shortest remaining TTL first, as
+//! Aerospike does it: a pass finds the range of void times, a second builds
+//! a histogram of void times (bytes and entries per bucket), the void-time
+//! threshold whose buckets free enough bytes and entries is picked, and a
+//! last pass removes every record whose void time is at or below it (whole
+//! buckets, so all partitions are treated alike; it may free up to one
+//! bucket more than needed). Records that never expire (void time 0) and
+//! tombstones are never evicted. The index's use is its entries in use
+//! (records and tombstones) against the most its arena can hold
+//! (`max-stages` stages of entries): the shared memory it may grow to, and
+//! the point where writes of new keys start failing.
 //!
 //! Truncation: durable first, then applied. The cutoff goes into every
 //! device header's truncation list before any index entry is removed, so a
@@ -46,6 +49,16 @@
 //! `drop_dead_winners`). Then the index is walked and every entry of the set
 //! (or of the namespace) last updated before the cutoff is removed.
 //! Records written after the cutoff survive.
+//!
+//! Tombstone reclaim (the "tomb raider", [`Namespace::reclaim_tombstones`]):
+//! a durable delete's tombstone entry stays until no image of its key older
+//! than the tombstone is left anywhere a cold start could adopt it from.
+//! A pass marks the tombstones, reads every write block of every device
+//! (free ones too) and every write buffer still in RAM, flushes the
+//! devices, and removes — conditionally, like everything here — the
+//! tombstones for which it found no older image. The daemon runs it every
+//! `tomb-raider-period` from the same control thread. The method's doc
+//! (and ARCHITECTURE.md, "Tombstone reclaim") give the safety argument.
 //!
 //! Limits (as in Aerospike Community):
 //! - An evicted record that has not expired yet comes back at a cold start
@@ -56,14 +69,19 @@
 //!   start brings that older version back.
 //! - Truncation has neither problem: its cutoff is in the headers.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use super::header::{self, Truncation, MAX_SET_NAME_BYTES, MAX_TRUNCATIONS};
-use super::namespace::{lock, Namespace};
+use super::namespace::{lock, newer, Namespace, START_IO_TIMEOUT};
+use crate::device::{IoKind, IoOp, SubmitError};
+use crate::digest::Digest;
 use crate::index::{Change, IndexRecord};
 use crate::ops::{self, Clock};
 use crate::partition::PartitionId;
+use crate::record::{self, RBLOCK_BYTES};
 
 /// Buckets of the eviction histogram (Aerospike's `evict-hist-buckets`
 /// default). More buckets evict closer to the mark, at more RAM per pass.
@@ -97,6 +115,10 @@ pub struct EvictReport {
     pub used_bytes_before: u64,
     pub used_bytes_after: u64,
     pub mark_bytes: u64,
+    /// Index entries in use before and after, and the mark (entries).
+    pub index_entries_before: u64,
+    pub index_entries_after: u64,
+    pub index_mark_entries: u64,
     /// Records evicted and their flash bytes.
     pub evicted: u64,
     pub evicted_bytes: u64,
@@ -176,6 +198,15 @@ impl Namespace {
     /// goes through here, so a record rewritten or moved since it was seen
     /// is never lost.
     pub fn remove_if_unchanged(&self, seen: &IndexRecord) -> bool {
+        // The image stays on flash: a key created again must get a later
+        // last-update time, so that a cold start ranks the new record above
+        // this image. Raised before the entry goes (the same location and
+        // generation mean the same image, so the same time): a writer that
+        // finds the key absent takes the sprig lock after this removal and
+        // so sees the raised watermark. Raised after, a writer on another
+        // core could create the key in the same millisecond, tie with the
+        // old image, and lose to it at a cold start (generation 1 < g).
+        self.note_removed(seen.last_update_ms);
         let removed = self.index.modify(&seen.digest, |cur| {
             if (cur.location, cur.generation) == (seen.location, seen.generation) {
                 (Change::Remove, Some(*cur))
@@ -188,10 +219,6 @@ impl Namespace {
                 // Released after the sprig lock: the index no longer points
                 // at these bytes, so nobody else will release them.
                 self.count_out(&old);
-                // The image stays on flash: a key created again must get a
-                // later last-update time, so that a cold start ranks the new
-                // record above this image.
-                self.note_removed(old.last_update_ms);
                 true
             }
             _ => false,
@@ -243,71 +270,95 @@ impl Namespace {
         })
     }
 
-    /// Evicts if the devices are more than `evict_used_pct` used; returns
-    /// how many records were evicted. See [`Namespace::evict`].
+    /// Index entries in use (records and tombstones) and the most the
+    /// index can hold (`max-stages` full stages; handle 0 is never used).
+    pub fn index_usage(&self) -> (u64, u64) {
+        let config = self.index.config();
+        let capacity = u64::from(config.max_stages) * u64::from(config.entries_per_stage()) - 1;
+        (self.index.stats().entries_in_use, capacity)
+    }
+
+    /// Evicts if the devices or the index are more than `evict_used_pct`
+    /// used; returns how many records were evicted. See [`Namespace::evict`].
     pub fn evict_if_needed(&self, evict_used_pct: u32) -> u64 {
         self.evict(evict_used_pct).evicted
     }
 
-    /// Eviction: if device usage is above `evict_used_pct` percent of
-    /// capacity, evicts the records with the earliest void times until
-    /// usage is at or below it (see the module doc). Never evicts records
-    /// that never expire, nor tombstones.
+    /// Eviction: if device usage or index usage is above `evict_used_pct`
+    /// percent of its capacity, evicts the records with the earliest void
+    /// times until both are at or below it (see the module doc). Never
+    /// evicts records that never expire, nor tombstones.
     ///
     /// It needs no clock: void times are absolute, and records already
     /// expired have the earliest ones, so they go first.
     pub fn evict(&self, evict_used_pct: u32) -> EvictReport {
+        let pct = |of: u64| (u128::from(of) * u128::from(evict_used_pct) / 100) as u64;
         let (used, capacity) = self.device_usage();
-        let mark = (u128::from(capacity) * u128::from(evict_used_pct) / 100) as u64;
+        let (entries, entry_capacity) = self.index_usage();
+        let (mark, entry_mark) = (pct(capacity), pct(entry_capacity));
         let mut report = EvictReport {
             used_bytes_before: used,
             used_bytes_after: used,
             mark_bytes: mark,
+            index_entries_before: entries,
+            index_entries_after: entries,
+            index_mark_entries: entry_mark,
             ..EvictReport::default()
         };
-        if evict_used_pct == 0 || evict_used_pct >= 100 || used <= mark {
+        if evict_used_pct == 0 || evict_used_pct >= 100 || (used <= mark && entries <= entry_mark) {
             return report;
         }
-        let need = used - mark;
+        let need_bytes = used.saturating_sub(mark);
+        let need_entries = entries.saturating_sub(entry_mark);
         let evictable = |r: &IndexRecord| !r.tombstone && r.void_time != 0;
         let mut buffer = Vec::new();
 
         // Pass 1: the range of void times, to size the histogram's buckets.
-        let (mut min, mut max, mut total) = (u32::MAX, 0u32, 0u64);
+        let (mut min, mut max, mut total_bytes, mut total_entries) = (u32::MAX, 0u32, 0u64, 0u64);
         for p in PartitionId::all() {
             self.index.scan_partition(p, None, &mut buffer, |r| {
                 if evictable(r) {
                     min = min.min(r.void_time);
                     max = max.max(r.void_time);
-                    total += r.size_bytes();
+                    total_bytes += r.size_bytes();
+                    total_entries += 1;
                 }
                 true
             });
         }
-        if total == 0 {
+        if total_entries == 0 {
             report.short_of_mark = true;
             return report;
         }
-        // Pass 2: bytes per void-time bucket (only if evicting everything
-        // that expires is not needed anyway).
-        let threshold = if total <= need {
+        // Pass 2: bytes and entries per void-time bucket (only if evicting
+        // everything that expires is not needed anyway).
+        let threshold = if total_bytes <= need_bytes || total_entries <= need_entries {
             report.short_of_mark = true;
             max
         } else {
             let width = bucket_width(min, max, EVICT_HIST_BUCKETS);
-            let mut hist = vec![0u64; EVICT_HIST_BUCKETS];
+            let mut hist_bytes = vec![0u64; EVICT_HIST_BUCKETS];
+            let mut hist_entries = vec![0u64; EVICT_HIST_BUCKETS];
             for p in PartitionId::all() {
                 self.index.scan_partition(p, None, &mut buffer, |r| {
                     // Records written meanwhile may fall outside [min, max];
                     // clamping keeps them in the first or last bucket.
                     if evictable(r) {
                         let b = ((r.void_time.clamp(min, max) - min) / width) as usize;
-                        hist[b.min(EVICT_HIST_BUCKETS - 1)] += r.size_bytes();
+                        let b = b.min(EVICT_HIST_BUCKETS - 1);
+                        hist_bytes[b] += r.size_bytes();
+                        hist_entries[b] += 1;
                     }
                     true
                 });
             }
-            pick_threshold(&hist, min, max, width, need)
+            // Whichever resource needs more of the histogram decides; one
+            // already under its mark needs none of it.
+            let for_bytes =
+                (need_bytes > 0).then(|| pick_threshold(&hist_bytes, min, max, width, need_bytes));
+            let for_entries = (need_entries > 0)
+                .then(|| pick_threshold(&hist_entries, min, max, width, need_entries));
+            for_bytes.max(for_entries).unwrap_or(min)
         };
         report.void_threshold = Some(threshold);
 
@@ -322,6 +373,7 @@ impl Namespace {
             });
         }
         report.used_bytes_after = self.device_usage().0;
+        report.index_entries_after = self.index_usage().0;
         report
     }
 
@@ -478,6 +530,338 @@ impl Namespace {
     }
 }
 
+/// Settings of a tomb-raider pass (tombstone reclaim).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TombRaiderConfig {
+    /// Write-block reads in flight per device.
+    pub read_depth: usize,
+    /// Pause after each write block read (Aerospike's `tomb-raider-sleep`),
+    /// so that the pass's reads do not crowd out client I/O.
+    pub sleep_per_block: Duration,
+}
+
+impl Default for TombRaiderConfig {
+    fn default() -> TombRaiderConfig {
+        TombRaiderConfig {
+            read_depth: 4,
+            sleep_per_block: Duration::ZERO,
+        }
+    }
+}
+
+/// What one tomb-raider pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TombRaiderReport {
+    /// Tombstone entries in the index when the pass marked them.
+    pub marked: u64,
+    /// Entries removed: no older image of their key was found.
+    pub reclaimed: u64,
+    /// Entries kept because an older image of their key is still on a
+    /// device (or in a write buffer on its way there).
+    pub kept: u64,
+    /// Entries that changed after the mark (re-created, deleted again):
+    /// left alone; the next pass looks at them again.
+    pub changed: u64,
+    pub blocks_read: u64,
+    pub bytes_read: u64,
+    /// Why the pass reclaimed nothing: a device error, or it was stopped.
+    pub aborted: Option<String>,
+    pub elapsed: Duration,
+}
+
+/// A tombstone as the mark phase saw it, and whether an older image of its
+/// key has been found.
+struct Marked {
+    generation: u16,
+    last_update_ms: u64,
+    needed: bool,
+}
+
+impl Namespace {
+    /// One tomb-raider pass: removes the tombstone entries that no longer
+    /// hide anything, i.e. no image of their key older than the tombstone is
+    /// left on any device. Blocks for the whole pass (it reads every write
+    /// block of every device); call it from a control thread, never from a
+    /// service core. `stop` is asked between write blocks: once it says
+    /// yes the pass ends at once and reclaims nothing.
+    ///
+    /// Why it is safe (ARCHITECTURE.md, "Deletes, defrag and cold start"):
+    ///
+    /// 1. Mark: collect every tombstone entry (digest, generation,
+    ///    last-update time). An image of such a key older than its
+    ///    tombstone was appended to a write buffer before the tombstone was
+    ///    written (under the same sprig lock), so before the mark; images
+    ///    appended after the mark are newer: client writes rank after the
+    ///    tombstone (or, once it is reclaimed, after the removed-image
+    ///    watermark it raised), and defrag copies only what the index points
+    ///    at, which for these keys is the tombstone or something newer.
+    /// 2. Scan: for every write block of every device — free ones too: a
+    ///    free block's old images are still there and a cold scan would
+    ///    adopt them — take its RAM copy if it has one (an open buffer, or
+    ///    the post-write cache), then read it from the device on this
+    ///    thread's own queue. Every image appended before the mark is in one
+    ///    of the two: a RAM copy is dropped only after all its writes
+    ///    completed, and it is looked at before the read is submitted. Every
+    ///    valid image is decoded as a cold scan would, but the walk never
+    ///    stops at a blank unit or another life (it skips to the next unit),
+    ///    so it sees every image any cold scan could adopt and more. An
+    ///    image of a marked key older than its tombstone marks it needed.
+    /// 3. Flush each device, so that what the reads saw (old images already
+    ///    overwritten, in particular) is what a power cut leaves.
+    /// 4. Reclaim the tombstones not needed: first raise the removed-image
+    ///    watermark to the tombstone's time (before the entry goes, so that
+    ///    a writer that finds the key absent already creates it later than
+    ///    the tombstone), then remove the entry under the sprig lock only if
+    ///    it is still the same tombstone (generation and last-update time;
+    ///    defrag may have moved it, which changes nothing it hides).
+    ///
+    /// Any device error, a stalled read or `stop` reclaims nothing: keeping
+    /// a tombstone costs an index entry, dropping one too early brings a
+    /// deleted record back.
+    pub fn reclaim_tombstones(
+        &self,
+        config: &TombRaiderConfig,
+        stop: &dyn Fn() -> bool,
+    ) -> TombRaiderReport {
+        let started = Instant::now();
+        let mut report = TombRaiderReport::default();
+        let mut marked = self.mark_tombstones();
+        report.marked = marked.len() as u64;
+        if marked.is_empty() {
+            report.elapsed = started.elapsed();
+            return report;
+        }
+        for d in 0..self.devices.len() {
+            if let Err(why) = self.raid_device(d, config, stop, &mut marked, &mut report) {
+                report.aborted = Some(why);
+                self.stats.tomb_raider_aborts.fetch_add(1, Relaxed);
+                report.elapsed = started.elapsed();
+                return report;
+            }
+        }
+        for (digest, m) in &marked {
+            if m.needed {
+                report.kept += 1;
+                continue;
+            }
+            // Raised first: see step 4 above. Raising it for a tombstone
+            // that then turns out changed is harmless (new keys just get a
+            // later time).
+            self.note_removed(m.last_update_ms);
+            let removed = self.index.modify(digest, |cur| {
+                if cur.tombstone
+                    && cur.generation == m.generation
+                    && cur.last_update_ms == m.last_update_ms
+                {
+                    (Change::Remove, Some(*cur))
+                } else {
+                    (Change::Keep, None)
+                }
+            });
+            match removed {
+                Some(Some(old)) => {
+                    self.count_out(&old);
+                    report.reclaimed += 1;
+                }
+                _ => report.changed += 1,
+            }
+        }
+        self.stats
+            .tombstones_reclaimed
+            .fetch_add(report.reclaimed, Relaxed);
+        self.stats.tombstones_kept.fetch_add(report.kept, Relaxed);
+        self.stats.tomb_raider_passes.fetch_add(1, Relaxed);
+        report.elapsed = started.elapsed();
+        report
+    }
+
+    /// Step 1 of a pass: every tombstone entry, by digest.
+    fn mark_tombstones(&self) -> HashMap<Digest, Marked> {
+        let mut marked = HashMap::new();
+        let mut buffer = Vec::new();
+        for p in PartitionId::all() {
+            self.index.scan_partition(p, None, &mut buffer, |r| {
+                if r.tombstone {
+                    marked.insert(
+                        r.digest,
+                        Marked {
+                            generation: r.generation,
+                            last_update_ms: r.last_update_ms,
+                            needed: false,
+                        },
+                    );
+                }
+                true
+            });
+        }
+        marked
+    }
+
+    /// Steps 2 and 3 for device `d`: reads every write block (and its RAM
+    /// copy) and marks the tombstones whose keys have older images in them,
+    /// then flushes the device.
+    fn raid_device(
+        &self,
+        d: usize,
+        config: &TombRaiderConfig,
+        stop: &dyn Fn() -> bool,
+        marked: &mut HashMap<Digest, Marked>,
+        report: &mut TombRaiderReport,
+    ) -> Result<(), String> {
+        let slot = &self.devices[d];
+        let name = slot.device.info().name.clone();
+        let unit = (slot.device.info().min_io_bytes as usize).max(RBLOCK_BYTES);
+        let wb_bytes = slot.wblocks.wblock_bytes() as usize;
+        let depth = config.read_depth.max(1);
+        let mut queue = slot
+            .device
+            .open_queue()
+            .map_err(|e| format!("device {name}: tomb raider queue: {e}"))?;
+        let count = slot.wblocks.count();
+        let (mut next, mut in_flight) = (0u32, 0usize);
+        let mut free_buffers = Vec::new();
+        let mut done = Vec::new();
+        let mut ram = Vec::new();
+        let mut deadline = Instant::now() + START_IO_TIMEOUT;
+        while next < count || in_flight > 0 {
+            while next < count && in_flight < depth {
+                if stop() {
+                    return Err("stopped".to_string());
+                }
+                // The RAM copy first, then the read (see step 2).
+                if let Some(block) = slot.block(next) {
+                    ram.clear();
+                    ram.extend_from_slice(&block.bytes.read().unwrap_or_else(|e| e.into_inner()));
+                    find_older_images(&ram, unit, marked);
+                }
+                let buffer = match free_buffers.pop() {
+                    Some(b) => b,
+                    None => slot
+                        .device
+                        .alloc_buffer(wb_bytes)
+                        .map_err(|e| format!("device {name}: tomb raider buffer: {e}"))?,
+                };
+                let op = IoOp {
+                    kind: IoKind::Read,
+                    offset: slot.wblocks.offset_of(next),
+                    buffer,
+                    token: u64::from(next),
+                };
+                match queue.submit(op) {
+                    Ok(()) => {
+                        next += 1;
+                        in_flight += 1;
+                    }
+                    Err(SubmitError::Full(op)) => {
+                        free_buffers.push(op.buffer);
+                        break;
+                    }
+                    Err(SubmitError::Invalid(_, e)) => {
+                        return Err(format!("device {name}: tomb raider read: {e}"))
+                    }
+                }
+            }
+            done.clear();
+            if queue.poll(&mut done, usize::MAX) == 0 {
+                if Instant::now() > deadline {
+                    return Err(format!("device {name}: tomb raider reads stalled"));
+                }
+                std::thread::yield_now();
+                continue;
+            }
+            deadline = Instant::now() + START_IO_TIMEOUT;
+            for completion in done.drain(..) {
+                in_flight -= 1;
+                completion
+                    .result
+                    .map_err(|e| format!("tomb raider read: {e}"))?;
+                report.blocks_read += 1;
+                report.bytes_read += completion.buffer.len() as u64;
+                find_older_images(&completion.buffer, unit, marked);
+                free_buffers.push(completion.buffer);
+                if !config.sleep_per_block.is_zero() {
+                    std::thread::sleep(config.sleep_per_block);
+                }
+            }
+        }
+        // Step 3: what the reads saw of overwritten blocks must be what a
+        // power cut leaves, not an undo from a volatile cache.
+        let buffer = match free_buffers.pop() {
+            Some(b) => b,
+            None => slot
+                .device
+                .alloc_buffer(unit)
+                .map_err(|e| format!("device {name}: tomb raider buffer: {e}"))?,
+        };
+        let flush = IoOp {
+            kind: IoKind::Flush,
+            offset: 0,
+            buffer,
+            token: u64::MAX,
+        };
+        if queue.submit(flush).is_err() {
+            return Err(format!("device {name}: tomb raider flush not accepted"));
+        }
+        let deadline = Instant::now() + START_IO_TIMEOUT;
+        loop {
+            done.clear();
+            if queue.poll(&mut done, usize::MAX) > 0 {
+                for completion in done.drain(..) {
+                    completion
+                        .result
+                        .map_err(|e| format!("tomb raider flush: {e}"))?;
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("device {name}: tomb raider flush stalled"));
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Marks needed every tombstone in `marked` whose key has an image older
+/// than it in `bytes` (one write block, from the device or RAM).
+///
+/// The walk follows the cold scan's (`Namespace::scan_block`): images are
+/// decoded and checksummed, a bad one mid-unit skips to the next unit. But
+/// where the cold scan stops (a blank or bad unit start, an image of another
+/// life) this walk goes on at the next unit, so it visits every position a
+/// cold scan of this block could adopt an image from, and then some:
+/// seeing too much only keeps a tombstone longer.
+fn find_older_images(bytes: &[u8], unit: usize, marked: &mut HashMap<Digest, Marked>) {
+    let mut at = 0usize;
+    while at + record::IMAGE_HEADER_BYTES <= bytes.len() {
+        let image = match record::peek_image_len(&bytes[at..]) {
+            Some(len) if at + len <= bytes.len() => record::decode(&bytes[at..at + len], None)
+                .ok()
+                .map(|r| (r, len)),
+            _ => None,
+        };
+        let Some((image, len)) = image else {
+            at = (at / unit + 1) * unit;
+            continue;
+        };
+        at += len;
+        if let Some(m) = marked.get_mut(&image.digest) {
+            let tombstone = IndexRecord {
+                generation: m.generation,
+                last_update_ms: m.last_update_ms,
+                ..IndexRecord::default()
+            };
+            let found = IndexRecord {
+                generation: image.generation,
+                last_update_ms: image.last_update_ms,
+                ..IndexRecord::default()
+            };
+            if newer(&tombstone, &found) {
+                m.needed = true;
+            }
+        }
+    }
+}
+
 /// Adds the truncation of `set_name` (or the namespace) at `cutoff` to a
 /// header's list: an existing entry for it is raised, never lowered (an
 /// older cutoff changes nothing). A namespace-wide entry makes set entries
@@ -615,6 +999,63 @@ mod tests {
             "capped at max"
         );
         assert_eq!(pick_threshold(&hist, 1000, 1035, 10, 99), 1035);
+    }
+
+    fn image(key: u8, generation: u16, lut_ms: u64, life: u64) -> Vec<u8> {
+        let record = crate::record::Record {
+            digest: Digest([key; 20]),
+            generation,
+            last_update_ms: lut_ms,
+            ..Default::default()
+        };
+        record.encode(life).unwrap()
+    }
+
+    fn tombstone(generation: u16, lut_ms: u64) -> Marked {
+        Marked {
+            generation,
+            last_update_ms: lut_ms,
+            needed: false,
+        }
+    }
+
+    /// The walk sees every image a cold scan of the block could adopt, and
+    /// goes on where the scan stops: past a blank unit (the rest of a torn
+    /// first write), an image of another life (the block's previous life),
+    /// and a corrupt image. Only images older than their key's tombstone
+    /// count.
+    #[test]
+    fn the_walk_finds_older_images_wherever_a_cold_scan_might_adopt_them() {
+        const UNIT: usize = 4096;
+        let mut block = vec![0u8; 8 * UNIT];
+        let mut put = |at: usize, bytes: &[u8]| block[at..at + bytes.len()].copy_from_slice(bytes);
+        // Unit 0: key 1 at the tombstone's own time (a defrag copy of it)
+        // and key 2, newer than its tombstone (re-created meanwhile).
+        let a = image(1, 3, 500, 7);
+        put(0, &a);
+        put(a.len(), &image(2, 1, 900, 7));
+        // Unit 1 blank. Unit 2: key 3, older, after the blank.
+        put(2 * UNIT, &image(3, 1, 100, 7));
+        // Unit 3: another life first, then key 4 (older) behind it.
+        let other = image(9, 1, 50, 6);
+        put(3 * UNIT, &other);
+        put(3 * UNIT + other.len(), &image(4, 1, 100, 6));
+        // Unit 5: a corrupt image, then key 5 (older) on the next unit.
+        let mut bad = image(8, 1, 50, 7);
+        bad[40] ^= 1;
+        put(5 * UNIT, &bad);
+        put(6 * UNIT, &image(5, 2, 400, 7));
+        let mut marked: HashMap<Digest, Marked> = (1..=6u8)
+            .map(|k| (Digest([k; 20]), tombstone(3, 500)))
+            .collect();
+        find_older_images(&block, UNIT, &mut marked);
+        let needed = |k: u8| marked[&Digest([k; 20])].needed;
+        assert!(!needed(1), "the tombstone's own copy hides nothing");
+        assert!(!needed(2), "a newer image is not an older one");
+        assert!(needed(3), "past a blank unit");
+        assert!(needed(4), "past an image of another life");
+        assert!(needed(5), "past a corrupt image");
+        assert!(!needed(6), "never written");
     }
 
     #[test]

@@ -290,6 +290,25 @@ impl WblockTable {
         }
     }
 
+    /// Queues the lightest `Used` block for defrag if it holds at most
+    /// `max_in_use_bytes`, and returns it. For when writers are out of free
+    /// blocks while none is below the low-water mark: a device of a few
+    /// blocks that are each, say, 60% full has the space but no defrag
+    /// candidate, and without this it refuses writes for good. O(blocks):
+    /// only that rare path calls it.
+    pub fn queue_lightest(&self, max_in_use_bytes: u32) -> Option<u32> {
+        let lightest = (0..self.count())
+            .filter(|&id| self.state(id) == WblockState::Used)
+            .min_by_key(|&id| self.in_use_bytes(id))?;
+        if self.in_use_bytes(lightest) > max_in_use_bytes
+            || !self.transition(lightest, WblockState::Used, WblockState::Defrag)
+        {
+            return None;
+        }
+        Self::lock(&self.defrag).push_back(lightest);
+        Some(lightest)
+    }
+
     pub fn free_count(&self) -> usize {
         Self::lock(&self.free).len()
     }
