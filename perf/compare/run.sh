@@ -27,7 +27,19 @@
 #                   restart -> cold, time to 'ready'; the cold scan's
 #                   records/s vs fio sequential read (1 MiB, depth 8) of the
 #                   scanned bytes, as records/s.
-#  5. spdk          skipped, with the reason printed.
+#  5. spdk          spdk-bench (built with --features spdk): random 4 KiB-
+#                   record gets through the engine on the SPDK backend vs
+#                   spdk_nvme_perf randread 4k at the same queue depth on the
+#                   same NVMe/TCP target (nvmf_tgt on core 0 serving a file),
+#                   and the same gets on the uring backend over that file:
+#                   gets/s and CPU per get. Runs when SPDK is found
+#                   (pkg-config --exists spdk_nvme, honouring PKG_CONFIG_PATH,
+#                   or SPDK_DIR); otherwise, or when the host cannot run SPDK,
+#                   skipped with the reason. It needs 1 GiB of free 2 MiB
+#                   hugepages: when they are missing and this runs as root,
+#                   scripts/setup-hugepages.sh reserves them (and mounts
+#                   hugetlbfs) for this comparison only, and the previous
+#                   state is restored right after it (also on exit).
 #
 # Writes OUT/<stem>.json (stem = UTC date YYYYMMDD-HHMM and the short
 # commit), PNG plots in OUT/<stem>/ and a markdown table OUT/<stem>.md
@@ -38,7 +50,10 @@
 # --quick       small sizes, short phases: a CI smoke run (under ~90 s).
 # --out DIR     where the results go (created if missing).
 # --bin-dir DIR take ospreyd, osprey-bench, storage-bench and perf-report
-#               from DIR instead of building the release binaries.
+#               from DIR instead of building the release binaries, and
+#               spdk-bench if DIR has it (when SPDK is found and it is
+#               missing, or was built without SPDK, comparison 5 is skipped
+#               with that reason).
 #
 # Environment: OSPREY_PERF_NO_INSTALL=1 forbids installing redis when it is
 # missing (the redis comparison is then skipped with the reason).
@@ -46,9 +61,10 @@
 # The server runs on core 1 and every client (osprey-bench, fio is the
 # device's own limit and runs where the server ran) on core 0, with taskset.
 # Shared-memory keys: a free slot in 0x5E000000..0x60000000 per ospreyd
-# instance; every segment in it is removed. Temp files live in one temp
-# dir (under /var/tmp: device files need a real disk, not tmpfs) removed on
-# exit. Only processes this script started are signalled, by pid; every
+# instance; every segment in it is removed. spdk-bench: a free base
+# 0x5A008000 + n << 16 (its keys are base + 0x1000..0x1FFF, clear of
+# index-bench's), removed too. Temp files live in one temp dir (under
+# /var/tmp: device files need a real disk, not tmpfs) removed on exit. Only processes this script started are signalled, by pid; every
 # wait is bounded. Exit code 1 when a comparison failed (the JSON still
 # says which and why), 2 on bad flags.
 set -euo pipefail
@@ -61,7 +77,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --out) out="${2:?--out needs a directory}"; shift ;;
     --bin-dir) bin_dir="${2:?--bin-dir needs a directory}"; shift ;;
-    -h|--help) sed -n '2,53p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "run.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -91,12 +107,33 @@ stem="$(date -u +%Y%m%d-%H%M)-${commit:0:7}"
 mode=full; [ "$quick" = 1 ] && mode=quick
 say "$mode run $stem -> $out"
 
+# --- SPDK -------------------------------------------------------------------
+# Comparison 5 runs when SPDK is found; spdk_skip says why not otherwise.
+spdk_skip=""
+if pkg-config --exists spdk_nvme 2>/dev/null; then
+  say "SPDK found by pkg-config (PKG_CONFIG_PATH=${PKG_CONFIG_PATH:-})"
+elif [ -n "${SPDK_DIR:-}" ]; then
+  say "SPDK from SPDK_DIR=$SPDK_DIR"
+else
+  spdk_skip="SPDK was not found: 'pkg-config --exists spdk_nvme' failed (PKG_CONFIG_PATH=${PKG_CONFIG_PATH:-unset}) and SPDK_DIR is not set; install SPDK and set PKG_CONFIG_PATH=<prefix>/lib/pkgconfig to run it"
+fi
+
 # --- binaries ---------------------------------------------------------------
+spdk_bench=""
 if [ -z "$bin_dir" ]; then
   say "building release ospreyd, osprey-bench, storage-bench, perf-report"
   (cd "$repo" && cargo build --release -q -p osprey-appliance -p osprey-perf \
     --bin ospreyd --bin osprey-bench --bin storage-bench --bin perf-report)
   bin_dir="${CARGO_TARGET_DIR:-$repo/target}/release"
+  if [ -z "$spdk_skip" ]; then
+    # A build of its own: --features spdk must not reach ospreyd's build.
+    say "building release spdk-bench --features spdk"
+    if (cd "$repo" && cargo build --release -q -p osprey-perf --features spdk --bin spdk-bench); then
+      spdk_bench="$bin_dir/spdk-bench"
+    else
+      spdk_skip="SPDK was found but 'cargo build --release -p osprey-perf --features spdk --bin spdk-bench' failed (see the output above)"
+    fi
+  fi
 fi
 bin_dir=$(cd "$bin_dir" && pwd)
 for b in ospreyd osprey-bench storage-bench perf-report; do
@@ -104,6 +141,13 @@ for b in ospreyd osprey-bench storage-bench perf-report; do
 done
 ospreyd="$bin_dir/ospreyd"
 bench="$bin_dir/osprey-bench"
+if [ -z "$spdk_skip" ] && [ -z "$spdk_bench" ]; then
+  if [ -x "$bin_dir/spdk-bench" ]; then
+    spdk_bench="$bin_dir/spdk-bench"
+  else
+    spdk_skip="SPDK was found but --bin-dir $bin_dir has no spdk-bench (build it with --features spdk)"
+  fi
+fi
 
 # --- state and cleanup ------------------------------------------------------
 work=$(mktemp -d /var/tmp/osprey-compare.XXXXXX)
@@ -111,6 +155,8 @@ started_pids=()
 used_key_bases=()
 cleanup() {
   local pid base key
+  # (Defined further down; not yet when an early step fails.)
+  if declare -F release_hugepages > /dev/null; then release_hugepages; fi
   for pid in "${started_pids[@]}"; do
     if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
     { wait "$pid"; } 2>/dev/null || true
@@ -544,13 +590,110 @@ EOF
 }
 
 # --- 5. spdk -----------------------------------------------------------------
-spdk_compare() {
-  if pkg-config --exists spdk_nvme spdk_env_dpdk 2>/dev/null || [ -n "${SPDK_DIR:-}" ]; then
-    status spdk skipped "SPDK is installed, but the SPDK comparison (engine vs spdk_nvme_perf) is not in this harness yet"
-  else
-    status spdk skipped "SPDK was not found (pkg-config spdk_nvme, or SPDK_DIR), and the SPDK comparison is not in this harness yet"
+# Hugepages this script reserved for comparison 5, and what to restore:
+# hp_restore_pages is the 2 MiB pool's size before (empty: nothing changed),
+# hp_unmount=1 when the script mounted hugetlbfs at /dev/hugepages.
+hp_restore_pages=""
+hp_unmount=0
+hugepages_free_mb() {
+  awk '/^HugePages_Free:/ { f = $2 } /^Hugepagesize:/ { s = $2 } END { print int(f * s / 1024) }' /proc/meminfo
+}
+hugetlbfs_mounted() { awk '$3 == "hugetlbfs" { f = 1 } END { exit !f }' /proc/mounts; }
+# Makes $1 MiB of 2 MiB hugepages free (and hugetlbfs mounted) if they are
+# not; sets spdk_skip and returns 1 when it cannot.
+reserve_hugepages() {
+  local need=$1 free pool=/sys/kernel/mm/hugepages/hugepages-2048kB before
+  free=$(hugepages_free_mb)
+  if [ "$free" -ge "$need" ] && hugetlbfs_mounted; then return 0; fi
+  if [ "$(id -u)" != 0 ]; then
+    spdk_skip="SPDK needs $need MiB of free hugepages and hugetlbfs mounted (have $free MiB), and this is not root to reserve them: run sudo scripts/setup-hugepages.sh --pages $((need / 2)) first"
+    return 1
   fi
-  say "5. spdk: skipped: $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["reason"])' "$work/results/spdk.status.json")"
+  if [ ! -w "$pool/nr_hugepages" ] || ! grep -q '^Hugepagesize: *2048 kB' /proc/meminfo; then
+    spdk_skip="SPDK needs $need MiB of free hugepages (have $free MiB) and this host has no default 2 MiB hugepage pool to reserve them from"
+    return 1
+  fi
+  # The persistent pool: nr_hugepages counts surplus pages too (pages
+  # others' hugepage segments hold beyond it), and writing it back would
+  # make those persistent. The new size counts them: the kernel turns
+  # surplus pages into persistent ones first when the pool grows.
+  local total surplus want
+  total=$(cat "$pool/nr_hugepages")
+  surplus=$(cat "$pool/surplus_hugepages" 2>/dev/null || echo 0)
+  before=$(( total - surplus ))
+  want=$total
+  [ "$free" -lt "$need" ] && want=$(( total + (need - free + 1) / 2 ))
+  say "  reserving hugepages: scripts/setup-hugepages.sh --pages $want (now $before)"
+  hp_restore_pages=$before
+  if ! awk '$2 == "/dev/hugepages" && $3 == "hugetlbfs" { f = 1 } END { exit !f }' /proc/mounts; then
+    hp_unmount=1
+  fi
+  if ! bash "$repo/scripts/setup-hugepages.sh" --pages "$want" > "$work/hugepages.txt" 2>&1; then
+    spdk_skip="could not reserve $need MiB of hugepages: $(tail -1 "$work/hugepages.txt")"
+    release_hugepages
+    return 1
+  fi
+  free=$(hugepages_free_mb)
+  if [ "$free" -lt "$need" ]; then
+    spdk_skip="reserved hugepages, but only $free MiB are free ($need needed)"
+    release_hugepages
+    return 1
+  fi
+}
+# Puts the hugepage pool and mount back as they were before reserve_hugepages.
+# Pages first: setup-hugepages.sh mounts hugetlbfs when asked for N > 0.
+release_hugepages() {
+  if [ -n "$hp_restore_pages" ]; then
+    say "  releasing hugepages: scripts/setup-hugepages.sh --pages $hp_restore_pages"
+    bash "$repo/scripts/setup-hugepages.sh" --pages "$hp_restore_pages" > /dev/null 2>&1 \
+      || say "  could not set the 2 MiB hugepage pool back to $hp_restore_pages pages"
+    hp_restore_pages=""
+  fi
+  if [ "$hp_unmount" = 1 ]; then
+    umount /dev/hugepages 2>/dev/null || say "  could not unmount /dev/hugepages (still in use?)"
+    hp_unmount=0
+  fi
+}
+spdk_compare() {
+  say "5. spdk: spdk-bench (engine on SPDK vs spdk_nvme_perf, same NVMe/TCP target; and vs uring)"
+  if [ -n "$spdk_skip" ]; then
+    status spdk skipped "$spdk_skip"
+    say "5. spdk: skipped: $spdk_skip"
+    return 0
+  fi
+  local block base="" rc=0
+  for block in $(seq 0 255); do
+    local candidate=$(( 0x5A008000 + ((($$ + block) % 256) << 16) ))
+    if [ -z "$(shm_keys "$candidate")" ]; then base=$candidate; break; fi
+  done
+  [ -n "$base" ] || { status spdk failed "no free shm key slot for spdk-bench"; return 0; }
+  if ! reserve_hugepages 1024; then
+    status spdk skipped "$spdk_skip"
+    say "5. spdk: skipped: $spdk_skip"
+    return 0
+  fi
+  local args=(--dir "$work" --json "$work/results/spdk.json" --shm-key-base "$(printf '0x%08X' "$base")")
+  [ "$quick" = 1 ] && args+=(--quick)
+  # spdk-bench pins itself to core 1 and gives nvmf_tgt core 0.
+  bounded "$step_limit" "$spdk_bench" "${args[@]}" > "$work/spdk-bench.txt" 2>&1 || rc=$?
+  remove_segments "$base"
+  rm -rf "$work"/spdk-bench-*
+  release_hugepages
+  if [ "$rc" = 0 ]; then
+    sed -n '/^figure/,$p' "$work/spdk-bench.txt"
+    status spdk ok
+  elif [ "$rc" = 3 ]; then
+    local why
+    why=$(sed -n 's/^spdk-bench: skipped: //p' "$work/spdk-bench.txt" | tail -1)
+    status spdk skipped "${why:-spdk-bench skipped: $(tail -1 "$work/spdk-bench.txt")}"
+    say "5. spdk: skipped: ${why:-see the output of spdk-bench}"
+  elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    tail -5 "$work/spdk-bench.txt" >&2
+    status spdk failed "spdk-bench did not finish within $step_limit s (killed); its last line: $(tail -1 "$work/spdk-bench.txt")"
+  else
+    tail -20 "$work/spdk-bench.txt" >&2
+    status spdk failed "spdk-bench exited with code $rc: $(tail -1 "$work/spdk-bench.txt")"
+  fi
 }
 
 # Each comparison records its own status; a failure in one does not stop
@@ -582,7 +725,7 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 mem_kib = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
 comparisons = {}
 sources = {"device_limit": "storage-bench.json", "redis": "redis.json", "flash_reads": "flash_reads.json",
-           "restart": "restart.json", "spdk": None}
+           "restart": "restart.json", "spdk": "spdk.json"}
 for name, src in sources.items():
     st = load(f"{name}.status.json") or {"status": "failed", "reason": "did not run"}
     c = {"status": st["status"], "reason": st["reason"]}

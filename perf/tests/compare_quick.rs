@@ -3,13 +3,22 @@
 //! checks the results file it wrote (every comparison present; device
 //! limit, flash-resident reads and restart measured, each figure with a
 //! finite positive Osprey value, baseline and ratio; redis measured unless
-//! it is not installed; SPDK skipped with a reason; the load average at
-//! start and end), the markdown table, and that each plot is a PNG.
+//! it is not installed; SPDK measured or skipped with a reason, see below;
+//! the load average at start and end), the markdown table, and that each
+//! plot is a PNG.
 //!
 //! The binaries are this test's own build: `CARGO_BIN_EXE_*` for
-//! osprey-bench, storage-bench and perf-report, and ospreyd (another
-//! package's binary) built with `cargo build -p osprey-appliance --bin
-//! ospreyd` in the same profile; symlinks to the four go into `<tmp>/bin`.
+//! osprey-bench, storage-bench, spdk-bench and perf-report, and ospreyd
+//! (another package's binary) built with `cargo build -p osprey-appliance
+//! --bin ospreyd` in the same profile; symlinks to the five go into
+//! `<tmp>/bin`.
+//!
+//! SPDK (comparison 5): when `pkg-config --exists spdk_nvme` fails and
+//! `SPDK_DIR` is unset (CI), it must be skipped, the reason saying SPDK was
+//! not found. When SPDK is found, this test built with `--features spdk`
+//! and the host has 1 GiB of free hugepages or is root (run.sh reserves
+//! them), it must be measured (`ok`, with figures); otherwise skipped with
+//! a reason (spdk-bench built without SPDK says so).
 //!
 //! Redis: `scripts/install-deps.sh` installs redis-server and redis-tools.
 //! When they are missing anyway, the test does not install them (it sets
@@ -37,6 +46,46 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const KEY_RANGE: std::ops::Range<u32> = 0x5E00_0000..0x6000_0000;
 const PLOTS: [&str; 4] = ["ratios.png", "throughput.png", "latency.png", "restart.png"];
 const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+/// spdk-bench's keys under run.sh: bases 0x5A008000 + n << 16, keys at
+/// block offset 0x9000..0xA000.
+const SPDK_KEY_RANGE: std::ops::Range<u32> = 0x5A00_0000..0x5B00_0000;
+
+/// What comparison 5 must come out as on this host.
+#[derive(Debug)]
+enum Spdk {
+    Measured,
+    NotFound,
+    Skipped,
+}
+
+fn spdk_expected() -> Spdk {
+    let found = Command::new("pkg-config")
+        .args(["--exists", "spdk_nvme"])
+        .status()
+        .is_ok_and(|s| s.success())
+        || std::env::var_os("SPDK_DIR").is_some();
+    if !found {
+        return Spdk::NotFound;
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let free_mb = field("HugePages_Free:") * field("Hugepagesize:") / 1024;
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if cfg!(feature = "spdk") && (root || free_mb >= 1024) {
+        Spdk::Measured
+    } else {
+        Spdk::Skipped
+    }
+}
 
 fn installed(program: &str) -> bool {
     Command::new("sh")
@@ -99,6 +148,7 @@ fn quick_run_writes_every_comparison_and_its_plots() {
             "storage-bench",
             Path::new(env!("CARGO_BIN_EXE_storage-bench")),
         ),
+        ("spdk-bench", Path::new(env!("CARGO_BIN_EXE_spdk-bench"))),
         ("perf-report", Path::new(env!("CARGO_BIN_EXE_perf-report"))),
     ] {
         std::os::unix::fs::symlink(path, bin.join(name)).expect("symlink a binary");
@@ -111,7 +161,10 @@ fn quick_run_writes_every_comparison_and_its_plots() {
              (scripts/install-deps.sh installs them)"
         );
     }
+    let spdk_expected = spdk_expected();
+    eprintln!("compare_quick: SPDK comparison expected to be {spdk_expected:?}");
     let segments_before = segments_in(KEY_RANGE);
+    let spdk_segments_before = segments_in(SPDK_KEY_RANGE);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("compare/run.sh");
     let started = Instant::now();
     let child = Command::new("bash")
@@ -143,6 +196,15 @@ fn quick_run_writes_every_comparison_and_its_plots() {
     assert!(
         leaked.is_empty(),
         "run.sh left shared-memory segments: {leaked:?}"
+    );
+    let leaked: Vec<String> = segments_in(SPDK_KEY_RANGE)
+        .into_iter()
+        .filter(|k| !spdk_segments_before.contains(k) && k & 0xF000 == 0x9000)
+        .map(|k| format!("{k:#010x}"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "run.sh (spdk-bench) left shared-memory segments: {leaked:?}"
     );
 
     let results: Vec<PathBuf> = std::fs::read_dir(&out)
@@ -179,10 +241,27 @@ fn quick_run_writes_every_comparison_and_its_plots() {
     } else {
         assert_eq!(comparisons["redis"]["status"], "skipped");
     }
-    assert_eq!(comparisons["spdk"]["status"], "skipped");
-    assert!(comparisons["spdk"]["reason"]
-        .as_str()
-        .is_some_and(|r| !r.is_empty()));
+    let spdk = &comparisons["spdk"];
+    match spdk_expected {
+        Spdk::Measured => {
+            assert_eq!(spdk["status"], "ok", "spdk: {}", spdk["reason"]);
+            check_figures("spdk", spdk);
+        }
+        Spdk::NotFound => {
+            assert_eq!(spdk["status"], "skipped");
+            assert!(
+                spdk["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("SPDK was not found")),
+                "spdk: {}",
+                spdk["reason"]
+            );
+        }
+        Spdk::Skipped => {
+            assert_eq!(spdk["status"], "skipped", "spdk: {}", spdk["reason"]);
+            assert!(spdk["reason"].as_str().is_some_and(|r| !r.is_empty()));
+        }
+    }
     // The restart comparison has a warm and a cold figure per record count.
     let points = comparisons["restart"]["detail"]["points"]
         .as_array()
@@ -195,7 +274,11 @@ fn quick_run_writes_every_comparison_and_its_plots() {
         .to_str()
         .unwrap()
         .to_string();
-    for plot in PLOTS {
+    let mut plots = PLOTS.to_vec();
+    if redis_present {
+        plots.push("redis-latency.png");
+    }
+    for plot in plots.iter().copied() {
         let path = out.join(&stem).join(plot);
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(
@@ -206,7 +289,7 @@ fn quick_run_writes_every_comparison_and_its_plots() {
     }
     let md = std::fs::read_to_string(out.join(format!("{stem}.md"))).expect("markdown table");
     assert!(md.contains("| comparison | figure |"));
-    for plot in PLOTS {
+    for plot in plots {
         assert!(md.contains(&format!("({stem}/{plot})")), "md links {plot}");
     }
     drop(guard);

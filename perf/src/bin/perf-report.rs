@@ -9,10 +9,12 @@
 //! the flash-resident read run, second by second, with fio's IOPS on the
 //! same file), `latency.png` (the run's get latency percentiles next to
 //! fio's completion latency percentiles, log scale), `restart.png` (warm
-//! and cold time to ready by record count, log scale) and `ratios.png`
-//! (every ratio of the run, with 1.0 marked), and `DIR/<stem>.md`: the
-//! machine, commit, load and a table of every figure with its baseline
-//! and ratio, then the plots (linked relative to `DIR`). A plot whose
+//! and cold time to ready by record count, log scale), `redis-latency.png`
+//! (p50/p99 of GET and SET, ospreyd next to redis-server, log scale) and
+//! `ratios.png` (every ratio of the run, with 1.0 marked; the SPDK
+//! comparison's figures are rows of it and of the table), and
+//! `DIR/<stem>.md`: the machine, commit, load and a table of every figure
+//! with its baseline and ratio, then the plots (linked relative to `DIR`). A plot whose
 //! comparison did not run is left out and the table says why.
 //! `--readme-section FILE` writes the same markdown with links prefixed by
 //! `--link-prefix` (run.sh puts it into README.md between its markers).
@@ -47,7 +49,10 @@ const COMPARISONS: [(&str, &str); 5] = [
     ("redis", "server efficiency (ospreyd vs redis)"),
     ("flash_reads", "flash-resident reads (ospreyd vs fio)"),
     ("restart", "restart: warm vs cold, cold scan vs fio"),
-    ("spdk", "SPDK"),
+    (
+        "spdk",
+        "SPDK backend (spdk-bench vs spdk_nvme_perf, and vs uring)",
+    ),
 ];
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
@@ -258,7 +263,7 @@ fn with_unit(v: f64, unit: &str) -> String {
         "ops/s" => format!("{} /s", si(v)),
         "records/s" => format!("{} rec/s", si(v)),
         "bytes/s" => format!("{:.0} MB/s", v / 1e6),
-        "us" => format!("{v:.0} µs"),
+        "us" => format!("{} µs", si(v)),
         "s" => format!("{v:.3} s"),
         _ => format!("{} {unit}", si(v)),
     }
@@ -518,6 +523,90 @@ fn latency_plot(doc: &Value, path: &Path) -> Result<bool, String> {
     Ok(true)
 }
 
+/// A short label of a redis latency figure: "read p50 us (GET)" -> "GET P50".
+fn redis_latency_label(name: &str) -> String {
+    let kind = name
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(k, _)| k.trim().to_string());
+    let pct = name
+        .split_whitespace()
+        .find(|w| w.starts_with('p') && w[1..].starts_with(|c: char| c.is_ascii_digit()));
+    match (kind, pct) {
+        (Some(k), Some(p)) => format!("{k} {p}").to_uppercase(),
+        _ => name.to_uppercase(),
+    }
+}
+
+/// The redis comparison's latency figures (p50/p99 of GET and SET, µs):
+/// Osprey's and Redis's bar side by side per figure, log scale.
+fn redis_latency_plot(doc: &Value, path: &Path) -> Result<bool, String> {
+    let Some(list) = doc["comparisons"]["redis"]["figures"].as_array() else {
+        return Ok(false);
+    };
+    let rows: Vec<(String, f64, f64)> = list
+        .iter()
+        .filter(|f| f["unit"].as_str() == Some("us"))
+        .filter_map(|f| {
+            Some((
+                redis_latency_label(f["name"].as_str()?),
+                num(&f["osprey"]).filter(|v| *v > 0.0)?,
+                num(&f["baseline"]).filter(|v| *v > 0.0)?,
+            ))
+        })
+        .collect();
+    let Some((lo, hi)) = log_range(rows.iter().flat_map(|r| [r.1, r.2])) else {
+        return Ok(false);
+    };
+    let root = frame(path, "CLIENT-SIDE LATENCY (US): OSPREYD VS REDIS-SERVER")?;
+    let n = rows.len() as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .margin_top(40)
+        .margin_left(90)
+        .margin_right(40)
+        .margin_bottom(50)
+        .build_cartesian_2d(0f64..n, (lo..hi).log_scale())
+        .map_err(|e| plot_err(path, e))?;
+    for t in log_ticks(lo, hi) {
+        let _ = chart.draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, t), (n, t)],
+            GRID_COLOR,
+        )));
+        let (px, py) = chart.backend_coord(&(0.0, t));
+        LABEL.draw_right(&root, (px - 6, py), &si(t), TEXT_COLOR);
+    }
+    for (i, (label, osprey, redis)) in rows.iter().enumerate() {
+        let x = i as f64;
+        for (left, value, color) in [
+            (x + 0.15, *osprey, OSPREY_COLOR),
+            (x + 0.5, *redis, BASELINE_COLOR),
+        ] {
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(left, lo), (left + 0.35, value)],
+                    color.filled(),
+                )))
+                .map_err(|e| plot_err(path, e))?;
+            let (px, py) = chart.backend_coord(&(left + 0.175, value));
+            LABEL.draw_centred(&root, (px, py - 14), &si(value), TEXT_COLOR);
+        }
+        let (px, py) = chart.backend_coord(&(x + 0.5, lo));
+        LABEL.draw_centred(&root, (px, py + 6), label, TEXT_COLOR);
+    }
+    let (lx, ty) = chart.backend_coord(&(0.0, hi));
+    legend_at(
+        &root,
+        lx + 12,
+        ty + 8,
+        &[
+            (OSPREY_COLOR, "OSPREYD (MEASURED BY OSPREY-BENCH)"),
+            (BASELINE_COLOR, "REDIS-SERVER (MEASURED BY REDIS-BENCHMARK)"),
+        ],
+    );
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(true)
+}
+
 fn restart_plot(doc: &Value, path: &Path) -> Result<bool, String> {
     let Some(points) = doc["comparisons"]["restart"]["detail"]["points"].as_array() else {
         return Ok(false);
@@ -694,6 +783,7 @@ fn short(comparison: &str) -> &'static str {
         "redis" => "REDIS",
         "flash_reads" => "FLASH READS",
         "restart" => "RESTART",
+        "spdk" => "SPDK",
         _ => "OTHER",
     }
 }
@@ -826,6 +916,35 @@ fn markdown(
             );
         }
     }
+    let spdk = &doc["comparisons"]["spdk"]["detail"];
+    if let (Some(s), Some(u)) = (
+        spdk["engine_spdk"].as_object(),
+        spdk["engine_uring"].as_object(),
+    ) {
+        let f = |m: &serde_json::Map<String, Value>, k: &str| {
+            m.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN)
+        };
+        let tgt = spdk["engine_spdk"]["nvmf_tgt"]["cpu_us_per_op"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let _ = writeln!(
+            md,
+            "- SPDK: {} records of 4,096-byte images, queue depth {}; `nvmf_tgt` (aio bdev on a file, \
+             NVMe/TCP on 127.0.0.1) on core {}, the engine and `spdk_nvme_perf` on core {}. CPU per get \
+             (user + system): SPDK backend {:.2} + {:.2} µs (the NVMe/TCP initiator's socket calls are \
+             the system part; on PCIe there are none), plus {:.2} µs in `nvmf_tgt`; uring backend over \
+             the same file {:.2} + {:.2} µs",
+            spdk["config"]["records"].as_u64().unwrap_or(0),
+            spdk["config"]["queue_depth"].as_u64().unwrap_or(0),
+            spdk["config"]["target_core"].as_u64().unwrap_or(0),
+            spdk["config"]["core"].as_u64().unwrap_or(0),
+            f(s, "user_us_per_op"),
+            f(s, "sys_us_per_op"),
+            tgt,
+            f(u, "user_us_per_op"),
+            f(u, "sys_us_per_op"),
+        );
+    }
     if let Some(pct) = doc["comparisons"]["device_limit"]["other_cpu_pct"].as_f64() {
         let _ = writeln!(
             md,
@@ -892,6 +1011,11 @@ fn run(options: &Options) -> Result<(), String> {
             "restart.png",
             "warm vs cold restart by record count",
             Box::new(|p: &Path| restart_plot(&doc, p)),
+        ),
+        (
+            "redis-latency.png",
+            "ospreyd vs redis-server p50/p99 latency, GET and SET",
+            Box::new(|p: &Path| redis_latency_plot(&doc, p)),
         ),
     ];
     for (file, alt, make) in &makers {
