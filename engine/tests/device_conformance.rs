@@ -1208,6 +1208,11 @@ mod spdk {
             } else {
                 "0x1".to_string()
             },
+            // NVMe over TCP only: no PCI probing, and so no address
+            // translation — the case where the DMA-memory check used to
+            // refuse SPDK's own buffers. (spdk-bench and ospreyd's SPDK
+            // test run with probing on.)
+            no_pci: true,
             ..EnvOptions::default()
         }
     }

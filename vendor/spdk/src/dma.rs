@@ -104,9 +104,20 @@ fn free(ptr: *mut u8) {
     unsafe { sys::spdk_free(ptr.cast()) };
 }
 
+/// Whether SPDK's address translation is running: it is not when the
+/// environment started with `no_pci` (NVMe over fabrics only), and
+/// `spdk_vtophys` then fails for every buffer, its own included.
+pub(crate) static TRANSLATION: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
 /// Whether `bytes` lie in memory SPDK can DMA to (registered in its memory
-/// map: its allocator, or memory registered with it).
+/// map: its allocator, or memory registered with it). Without address
+/// translation (`no_pci`) this cannot be checked and nothing needs it: the
+/// fabrics transports address buffers by virtual address.
 pub(crate) fn is_dma_memory(bytes: &[u8]) -> bool {
+    if !TRANSLATION.load(std::sync::atomic::Ordering::Relaxed) {
+        return true;
+    }
     let mut size = bytes.len() as u64;
     // SAFETY: `spdk_vtophys` only looks the address up in SPDK's memory map;
     // `size` is a valid in/out parameter.

@@ -145,6 +145,7 @@ fn start(options: &EnvOptions) -> Result<(), Error> {
     opts.shm_id = options.shm_id.map_or(-1, i32::from);
     opts.mem_size = options.mem_size_mb.map_or(-1, |mb| mb as i32);
     opts.no_pci = options.no_pci;
+    crate::dma::TRANSLATION.store(!options.no_pci, std::sync::atomic::Ordering::Relaxed);
     opts.env_context = eal_args.as_ptr() as *mut libc::c_void;
     if let Some(dir) = &hugedir {
         opts.hugedir = dir.as_ptr();
