@@ -12,6 +12,7 @@
 //! Info and admin frames are answered at once on the core that read them.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -37,6 +38,33 @@ const SCAN_CHUNK_RECORDS: usize = 256;
 const SCAN_VISIT_BUDGET: usize = 16 * 1024;
 /// A reply stream frame is closed and a new one begun past this size.
 const STREAM_FRAME_BYTES: usize = 1 << 20;
+
+/// Hashes the core's own ids (connection ids, transaction numbers) with
+/// one multiply. Neither is chosen by a client, so the default hasher's
+/// flood resistance buys nothing, and every request takes six lookups.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by the key types here (u64 and ConnId); correct anyway.
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: odd multiplier, so distinct ids stay distinct,
+        // and both the low bits (bucket) and the top bits (tag) vary.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 fn code_reply(code: ResultCode) -> Reply {
     Reply {
@@ -86,9 +114,9 @@ pub struct CoreService {
     state: Arc<ServerState>,
     stats: Arc<CoreStats>,
     storages: Vec<CoreStorage>,
-    jobs: HashMap<ConnId, Job>,
+    jobs: IdMap<ConnId, Job>,
     /// Engine transaction id → (connection, row).
-    txns: HashMap<u64, (ConnId, usize)>,
+    txns: IdMap<u64, (ConnId, usize)>,
     next_txn: u64,
     replies: Vec<(u64, Reply)>,
     /// Connections to report at the next poll (a scan step that yielded).
@@ -114,8 +142,8 @@ impl CoreService {
             state,
             stats,
             storages,
-            jobs: HashMap::new(),
-            txns: HashMap::new(),
+            jobs: IdMap::default(),
+            txns: IdMap::default(),
             next_txn: 1,
             replies: Vec::new(),
             yielded: Vec::new(),
@@ -701,7 +729,16 @@ impl Service for CoreService {
     }
 
     fn busy(&self) -> bool {
-        !self.txns.is_empty() || !self.yielded.is_empty() || self.storages.iter().any(|s| s.busy())
+        // Every request waiting on the device (a parked read, a commit
+        // waiting for its flush, a scan step) has an entry in `txns`.
+        !self.txns.is_empty() || !self.yielded.is_empty()
+    }
+
+    fn background(&self) -> bool {
+        // Defrag jobs waiting for their copies to be flushed (up to
+        // flush-max-ms), writes the device refused, and the like: they need
+        // polls, not a spinning core.
+        self.storages.iter().any(|s| s.busy())
     }
 
     fn tick(&mut self) {

@@ -13,14 +13,17 @@ usage: osprey-bench [-h HOST[:PORT][,HOST...]] [-p PORT] [-n NAMESPACE] [-s SET]
                     [-z THREADS] [-c COMMANDS_PER_THREAD] [-t SECONDS] [-g OPS_PER_S]
                     [--batch-size N] [--keys-distribution uniform|zipf[,THETA]]
                     [--user USER --password PASSWORD] [--json FILE] [--hdr-out DIR]
-                    [--quiet] [--help]
+                    [--spin-us MICROSECONDS] [--quiet] [--help]
   -o   I (8-byte integer bin), B<n> (blob of n bytes), S<n> (string of n bytes);
        a comma list makes several bins. Default I.
   -w   I (insert the key range once), RU,<read%> (read/update),
        RR,<read%> (read/replace), RUD,<read%>,<write%> (read/update/delete).
        Default RU,50.
   -c   commands in flight per thread, each on its own connection. Default 1.
-  -t   seconds to run; 0 = until the workload ends (I: all keys inserted).";
+  -t   seconds to run; 0 = until the workload ends (I: all keys inserted).
+  --spin-us  with commands in flight, poll without sleeping for this long
+       after the last reply (a thread on a core of its own then takes the
+       server's replies without being woken). Default 0: sleep at once.";
 
 /// Largest blob or string bin `-o` accepts (the protocol allows more; a
 /// server refuses records over its write block anyway).
@@ -29,6 +32,8 @@ pub const MAX_THREADS: usize = 1024;
 pub const MAX_COMMANDS_PER_THREAD: usize = 4096;
 pub const MAX_BATCH_SIZE: usize = 5000;
 pub const MAX_BINS: usize = 64;
+/// Longest `--spin-us`: beyond a second a spinning thread is just a busy loop.
+pub const MAX_SPIN_US: u64 = 1_000_000;
 
 /// One bin of `-o`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +87,9 @@ pub struct Config {
     pub credentials: Option<(String, String)>,
     pub json: Option<PathBuf>,
     pub hdr_out: Option<PathBuf>,
+    /// How long a thread with commands in flight polls without sleeping
+    /// after its last reply.
+    pub spin: Duration,
     pub quiet: bool,
 }
 
@@ -282,6 +290,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     let (mut user, mut password) = (None, None);
     let (mut json, mut hdr_out) = (None, None);
     let mut quiet = false;
+    let mut spin_us: u64 = 0;
 
     let mut i = 0;
     while i < args.len() {
@@ -373,6 +382,10 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
             "-P" | "--password" => password = Some(value()?),
             "--json" => json = Some(PathBuf::from(value()?)),
             "--hdr-out" => hdr_out = Some(PathBuf::from(value()?)),
+            "--spin-us" => {
+                spin_us = parse_number(&flag, &value()?, "a whole number of microseconds")?;
+                spin_us = in_range(&flag, spin_us, 0, MAX_SPIN_US)?;
+            }
             other => return Err(format!("unknown flag {other:?} (see --help)")),
         }
     }
@@ -425,6 +438,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         credentials,
         json,
         hdr_out,
+        spin: Duration::from_micros(spin_us),
         quiet,
     })))
 }
@@ -450,6 +464,7 @@ mod tests {
         assert_eq!(c.bins, vec![BinSpec::Integer]);
         assert_eq!((c.threads, c.commands_per_thread), (1, 1));
         assert_eq!(c.duration, None);
+        assert_eq!(c.spin, Duration::ZERO);
     }
 
     #[test]
@@ -472,6 +487,8 @@ mod tests {
             "--batch-size=8",
             "--keys-distribution",
             "zipf,0.8",
+            "--spin-us",
+            "250",
         ])
         .unwrap();
         assert_eq!(
@@ -495,6 +512,7 @@ mod tests {
         );
         assert_eq!(c.batch_size, 8);
         assert_eq!(c.distribution, Distribution::Zipf { theta: 0.8 });
+        assert_eq!(c.spin, Duration::from_micros(250));
         assert_eq!(c.template_bins()[1].value.len(), 512);
     }
 
@@ -515,6 +533,8 @@ mod tests {
             (&["-w", "I", "--batch-size", "4"], "--batch-size"),
             (&["-K", "9223372036854775807", "-k", "2"], "-K"),
             (&["--quiet=yes"], "--quiet"),
+            (&["--spin-us", "2000000"], "--spin-us"),
+            (&["--spin-us", "-1"], "--spin-us"),
         ] {
             let err = run(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");

@@ -2,8 +2,12 @@
 //! `node`, `partition-generation`, `replicas` and `peers-clear-std` on a
 //! blocking connection (after LOGIN when credentials are given), and the
 //! masters of the namespace's 4096 partitions are taken from the `replicas`
-//! bitmaps (spec §2, §3). The result, [`ClusterMap`], is fixed for the run:
-//! the bench does not follow migrations.
+//! bitmaps (spec §2, §3). The result is a [`ClusterMap`]. During the run a
+//! tend thread asks every node for `partition-generation` once a second
+//! ([`generations_changed`], one small info call per node) and builds the
+//! map again when a generation moved, a node stopped answering, or a worker
+//! saw a partition-ownership error; the workers pick the new map up at their
+//! next loop turn.
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{Read, Write};
@@ -30,12 +34,37 @@ pub struct ClusterMap {
     pub nodes: Vec<Node>,
     /// Index into `nodes` of each partition's master.
     pub master: Vec<u16>,
+    /// Each node's `partition-generation` when the map was built.
+    pub generations: Vec<String>,
 }
 
 impl ClusterMap {
     pub fn node_of(&self, partition: usize) -> usize {
         usize::from(self.master[partition])
     }
+
+    /// Same nodes (at the same addresses) and same owners: nothing for the
+    /// workers to change.
+    pub fn same_routes(&self, other: &ClusterMap) -> bool {
+        self.nodes == other.nodes && self.master == other.master
+    }
+}
+
+/// Whether any node of `map` reports another `partition-generation` than
+/// when the map was built, or does not answer (it may have left).
+pub fn generations_changed(map: &ClusterMap, credential: Option<&(String, String)>) -> bool {
+    map.nodes.iter().zip(&map.generations).any(|(node, known)| {
+        let Ok(mut conn) = open(node.addr, credential) else {
+            return true;
+        };
+        match conn.info(&["partition-generation"]) {
+            Ok(reply) => reply
+                .iter()
+                .find(|(n, _)| n == "partition-generation")
+                .is_none_or(|(_, v)| v != known),
+            Err(_) => true,
+        }
+    })
 }
 
 /// A blocking connection for setup calls.
@@ -226,6 +255,7 @@ pub fn discover(
     let mut queue: VecDeque<(String, u16)> = seeds.iter().cloned().collect();
     let mut tried: HashSet<SocketAddr> = HashSet::new();
     let mut nodes: Vec<Node> = Vec::new();
+    let mut generations: Vec<String> = Vec::new();
     let mut master: Vec<Option<u16>> = vec![None; PARTITIONS];
     let mut first_error = None;
     let mut namespaces_seen: Vec<String> = Vec::new();
@@ -295,6 +325,7 @@ pub fn discover(
                 }
             }
         }
+        generations.push(value("partition-generation").to_string());
         nodes.push(Node { id, addr });
         queue.extend(peer_addresses(value("peers-clear-std")));
     }
@@ -321,6 +352,7 @@ pub fn discover(
     Ok(ClusterMap {
         nodes,
         master: master.into_iter().map(|m| m.expect("checked")).collect(),
+        generations,
     })
 }
 
@@ -337,6 +369,27 @@ mod tests {
         assert!(!owns(&bitmap, 100));
         assert!(master_bitmap(&value, "nope").unwrap().is_none());
         assert!(master_bitmap("test:0,1,qqqq", "test").is_err());
+    }
+
+    #[test]
+    fn maps_with_the_same_nodes_and_owners_route_alike() {
+        let node = |id: &str, port: u16| Node {
+            id: id.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let a = ClusterMap {
+            nodes: vec![node("A", 3000), node("B", 3001)],
+            master: (0..PARTITIONS).map(|p| (p % 2) as u16).collect(),
+            generations: vec!["1".into(), "1".into()],
+        };
+        let mut b = a.clone();
+        b.generations = vec!["2".into(), "1".into()];
+        assert!(a.same_routes(&b), "a new generation alone changes no route");
+        b.master[7] = 0;
+        assert!(!a.same_routes(&b));
+        let mut c = a.clone();
+        c.nodes[1] = node("B", 3002);
+        assert!(!a.same_routes(&c), "a node at a new address");
     }
 
     #[test]

@@ -17,7 +17,10 @@
 //! ```
 //!
 //! Errors close the connection; the next command for that node opens a new
-//! one (after [`RECONNECT_BACKOFF`] if connecting failed). A command not
+//! one (after [`RECONNECT_BACKOFF`] if connecting failed). A connection
+//! error or a partition-ownership error (result 11) asks the tend thread for
+//! a new partition map; a thread takes a new map at its next loop turn
+//! (one relaxed load per turn when nothing changed). A command not
 //! answered within [`COMMAND_TIMEOUT`] is counted as a timeout and its
 //! connection closed. Nothing here blocks except `poll` itself.
 
@@ -51,7 +54,12 @@ const SEED: u64 = 0x05B5_BE4C_0000_0000;
 /// Everything the threads share.
 pub struct Shared {
     pub config: Config,
-    pub cluster: ClusterMap,
+    /// The current partition map, replaced by the tend thread.
+    cluster: Mutex<Arc<ClusterMap>>,
+    /// Bumped with every new map.
+    map_version: AtomicU64,
+    /// Set by a worker that saw a sign of a changed cluster.
+    pub refresh_wanted: AtomicBool,
     /// `(user, client hash)` when `--user` is given.
     pub credential: Option<(String, String)>,
     pub chooser: KeyChooser,
@@ -75,7 +83,9 @@ impl Shared {
             .collect();
         Shared {
             config,
-            cluster,
+            cluster: Mutex::new(Arc::new(cluster)),
+            map_version: AtomicU64::new(0),
+            refresh_wanted: AtomicBool::new(false),
             credential,
             chooser,
             stop: AtomicBool::new(false),
@@ -83,7 +93,25 @@ impl Shared {
             slots,
         }
     }
+
+    /// The current partition map.
+    pub fn cluster(&self) -> Arc<ClusterMap> {
+        self.cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Hands the workers a new partition map.
+    pub fn publish(&self, map: ClusterMap) {
+        *self.cluster.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        self.map_version.fetch_add(1, Ordering::Release);
+    }
 }
+
+/// Result code "partition unavailable": the node does not hold the
+/// partition (the map is stale, or a migration is under way).
+const RESULT_PARTITION_UNAVAILABLE: u8 = 11;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -156,6 +184,9 @@ enum Outcome {
 
 pub struct Worker {
     shared: Arc<Shared>,
+    /// This thread's copy of the partition map and its version.
+    map: Arc<ClusterMap>,
+    map_version: u64,
     index: usize,
     poll: Poll,
     conns: Vec<Option<Conn>>,
@@ -176,7 +207,9 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(shared: Arc<Shared>, index: usize) -> io::Result<Worker> {
-        let nodes = shared.cluster.nodes.len();
+        let map_version = shared.map_version.load(Ordering::Acquire);
+        let map = shared.cluster();
+        let nodes = map.nodes.len();
         let bins = shared.config.template_bins();
         Ok(Worker {
             poll: Poll::new()?,
@@ -194,6 +227,8 @@ impl Worker {
             ops_started: 0,
             started: Instant::now(),
             shared,
+            map,
+            map_version,
             index,
         })
     }
@@ -205,7 +240,12 @@ impl Worker {
         let mut next_flush = Instant::now() + FLUSH_INTERVAL;
         let mut next_timeout_check = Instant::now() + MAX_POLL_WAIT;
         let commands = self.shared.config.commands_per_thread;
+        let spin = self.shared.config.spin;
+        let mut last_event = Instant::now();
         loop {
+            if self.shared.map_version.load(Ordering::Relaxed) != self.map_version {
+                self.adopt_map();
+            }
             let now = Instant::now();
             if self.shared.stop.load(Ordering::Relaxed) {
                 self.exhausted = true;
@@ -240,11 +280,19 @@ impl Worker {
                 break;
             }
             wait = wait.min(next_flush.saturating_duration_since(now));
+            if self.in_flight > 0 && now.duration_since(last_event) < spin {
+                // --spin-us: a reply that finds this thread polling costs
+                // the server no wake-up, and this thread no sleep.
+                wait = Duration::ZERO;
+            }
             self.poll.poll(&mut events, Some(wait))?;
             for event in events.iter() {
                 self.on_event(event.token().0);
             }
             let now = Instant::now();
+            if !events.is_empty() {
+                last_event = now;
+            }
             if now >= next_timeout_check {
                 self.expire(now);
                 next_timeout_check = now + MAX_POLL_WAIT;
@@ -291,7 +339,7 @@ impl Worker {
 
     fn single(&mut self, kind: SingleKind, key: i64) {
         let digest = wire::key_digest(&self.shared.config.set, key);
-        let node = self.shared.cluster.node_of(wire::partition_of(&digest));
+        let node = self.map.node_of(wire::partition_of(&digest));
         self.ready.push_back(Request::Single {
             kind,
             key,
@@ -330,12 +378,12 @@ impl Worker {
                 let key = self.key();
                 self.single(SingleKind::Read, key);
             } else {
-                let nodes = self.shared.cluster.nodes.len();
+                let nodes = self.map.nodes.len();
                 let mut groups: Vec<Vec<[u8; DIGEST_LEN]>> = vec![Vec::new(); nodes];
                 for _ in 0..batch_size {
                     let key = self.key();
                     let digest = wire::key_digest(&self.shared.config.set, key);
-                    let node = self.shared.cluster.node_of(wire::partition_of(&digest));
+                    let node = self.map.node_of(wire::partition_of(&digest));
                     groups[node].push(digest);
                 }
                 for (node, digests) in groups.into_iter().enumerate() {
@@ -354,6 +402,14 @@ impl Worker {
         true
     }
 
+    /// No new connection to `node` for [`RECONNECT_BACKOFF`] (a node that
+    /// left the map has no entry: nothing to do).
+    fn back_off(&mut self, node: usize, now: Instant) {
+        if let Some(until) = self.backoff_until.get_mut(node) {
+            *until = Some(now + RECONNECT_BACKOFF);
+        }
+    }
+
     /// An idle connection to `node`, or a new one; `Err(wait)` while the
     /// node is backing off after a failed connect.
     fn acquire(&mut self, node: usize, now: Instant) -> Result<usize, Duration> {
@@ -366,7 +422,7 @@ impl Worker {
             }
             self.backoff_until[node] = None;
         }
-        let addr = self.shared.cluster.nodes[node].addr;
+        let addr = self.map.nodes[node].addr;
         let mut stream = match TcpStream::connect(addr) {
             Ok(s) => s,
             Err(_) => {
@@ -472,7 +528,7 @@ impl Worker {
                 Ok(None) => {}
                 Ok(Some(_)) | Err(_) => {
                     let node = conn.node;
-                    self.backoff_until[node] = Some(Instant::now() + RECONNECT_BACKOFF);
+                    self.back_off(node, Instant::now());
                     self.close(index, Some(ErrorKind::Connection));
                     return;
                 }
@@ -482,7 +538,7 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
                 Err(_) => {
                     let node = conn.node;
-                    self.backoff_until[node] = Some(Instant::now() + RECONNECT_BACKOFF);
+                    self.back_off(node, Instant::now());
                     self.close(index, Some(ErrorKind::Connection));
                     return;
                 }
@@ -537,7 +593,8 @@ impl Worker {
                 conn.state = State::Idle;
                 let node = conn.node;
                 self.in_flight -= 1;
-                if eof {
+                if eof || node >= self.idle.len() {
+                    // Closed by the peer, or its node left the map.
                     self.close(index, None);
                 } else {
                     self.idle[node].push(index);
@@ -612,6 +669,9 @@ impl Worker {
                         let Ok(code) = wire::single_result(body) else {
                             return Outcome::Failed(ErrorKind::Protocol);
                         };
+                        if code == RESULT_PARTITION_UNAVAILABLE {
+                            self.shared.refresh_wanted.store(true, Ordering::Relaxed);
+                        }
                         let not_found = code == wire::RESULT_NOT_FOUND
                             && matches!(command.kind, Kind::Read | Kind::Delete);
                         if code == 0 || not_found {
@@ -646,9 +706,72 @@ impl Worker {
             self.tally.error(error.unwrap_or(ErrorKind::Connection), 1);
         }
         if conn.state == State::Idle {
-            self.idle[conn.node].retain(|&i| i != index);
+            if let Some(idle) = self.idle.get_mut(conn.node) {
+                idle.retain(|&i| i != index);
+            }
+        }
+        if error == Some(ErrorKind::Connection) {
+            self.shared.refresh_wanted.store(true, Ordering::Relaxed);
         }
         self.free.push(index);
+    }
+
+    /// Switches to the tend thread's newest map: connections keep their
+    /// node if it is still in the map (matched by id and address), idle
+    /// ones to a node that left are closed, busy ones are closed when their
+    /// reply is in; queued requests are routed again.
+    fn adopt_map(&mut self) {
+        self.map_version = self.shared.map_version.load(Ordering::Acquire);
+        let map = self.shared.cluster();
+        let moved: Vec<Option<usize>> = self
+            .map
+            .nodes
+            .iter()
+            .map(|old| map.nodes.iter().position(|n| n == old))
+            .collect();
+        let mut idle = vec![Vec::new(); map.nodes.len()];
+        let mut backoff_until = vec![None; map.nodes.len()];
+        for (old, until) in self.backoff_until.iter().enumerate() {
+            if let Some(Some(new)) = moved.get(old) {
+                backoff_until[*new] = *until;
+            }
+        }
+        let mut orphans = Vec::new();
+        for (index, slot) in self.conns.iter_mut().enumerate() {
+            let Some(conn) = slot.as_mut() else { continue };
+            match moved.get(conn.node).copied().flatten() {
+                Some(new) => {
+                    conn.node = new;
+                    if conn.state == State::Idle {
+                        idle[new].push(index);
+                    }
+                }
+                None => {
+                    conn.node = usize::MAX;
+                    if conn.state == State::Idle {
+                        orphans.push(index);
+                    }
+                }
+            }
+        }
+        self.map = map;
+        self.idle = idle;
+        self.backoff_until = backoff_until;
+        for index in orphans {
+            self.close(index, None);
+        }
+        for request in self.ready.iter_mut() {
+            match request {
+                Request::Single { digest, node, .. } => {
+                    *node = self.map.node_of(wire::partition_of(digest));
+                }
+                Request::Batch { digests, node } => {
+                    // Kept whole: the first key's master takes it, and a
+                    // node answers keys it does not own (Osprey: always).
+                    *node = self.map.node_of(wire::partition_of(&digests[0]));
+                }
+            }
+        }
     }
 
     /// Times out commands in flight too long.

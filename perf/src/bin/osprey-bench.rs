@@ -16,7 +16,7 @@
 //! which is counted) exits with code 1.
 #![deny(unsafe_code)]
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -28,6 +28,57 @@ use osprey_perf::bench::worker::{Shared, Worker};
 use osprey_perf::bench::{cluster, wire};
 
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the tend thread asks the nodes for their partition generation.
+const TEND_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps the workers' partition map current until `done`: once a
+/// [`TEND_INTERVAL`], if a worker asked for it or a node's
+/// `partition-generation` moved (or the node stopped answering), the map is
+/// built again from the seeds and the known nodes and handed to the workers.
+fn tend(shared: &Shared, done: &AtomicBool) {
+    let mut next = Instant::now() + TEND_INTERVAL;
+    let mut last_error = String::new();
+    while !done.load(Ordering::Relaxed) {
+        if Instant::now() < next {
+            thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        next = Instant::now() + TEND_INTERVAL;
+        let current = shared.cluster();
+        let credential = shared.credential.as_ref();
+        let wanted = shared.refresh_wanted.swap(false, Ordering::Relaxed);
+        if !wanted && !cluster::generations_changed(&current, credential) {
+            continue;
+        }
+        // The known nodes are seeds too: the given ones may have left.
+        let mut seeds = shared.config.hosts.clone();
+        seeds.extend(
+            current
+                .nodes
+                .iter()
+                .map(|n| (n.addr.ip().to_string(), n.addr.port())),
+        );
+        match cluster::discover(&seeds, &shared.config.namespace, credential) {
+            Ok(map) => {
+                if !map.same_routes(&current) {
+                    eprintln!(
+                        "osprey-bench: new partition map: {} node(s)",
+                        map.nodes.len()
+                    );
+                }
+                last_error.clear();
+                shared.publish(map);
+            }
+            Err(e) => {
+                // Keep the old map; say so once per distinct problem.
+                if e != last_error {
+                    eprintln!("osprey-bench: partition map refresh failed: {e}");
+                    last_error = e;
+                }
+            }
+        }
+    }
+}
 
 fn fail(code: i32, message: &str) -> ! {
     eprintln!("osprey-bench: {message}");
@@ -119,6 +170,14 @@ fn main() {
     );
 
     let shared = Arc::new(Shared::new(config, cluster, credential));
+    let tend_done = Arc::new(AtomicBool::new(false));
+    let tend = {
+        let (shared, done) = (shared.clone(), tend_done.clone());
+        thread::Builder::new()
+            .name("tend".into())
+            .spawn(move || tend(&shared, &done))
+            .unwrap_or_else(|e| fail(1, &format!("spawn the tend thread: {e}")))
+    };
     let config = &shared.config;
     let start = Instant::now();
     let mut handles = Vec::new();
@@ -206,6 +265,10 @@ fn main() {
             Err(_) => fail(1, "a worker thread panicked"),
         }
     }
+    // Not joined: it may be inside an info call to a node that hangs, and
+    // the run is over; it sees the flag within 50 ms otherwise.
+    tend_done.store(true, Ordering::Relaxed);
+    drop(tend);
     let elapsed = run_elapsed.unwrap_or_else(|| start.elapsed());
 
     println!();
