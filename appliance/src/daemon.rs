@@ -384,6 +384,10 @@ fn config_pairs(ns: &config::NamespaceConfig) -> Vec<(String, String)> {
         ),
         ("default-ttl".into(), ns.default_ttl_s.to_string()),
         ("nsup-period".into(), ns.nsup_period_s.to_string()),
+        (
+            "tomb-raider-period".into(),
+            ns.tomb_raider_period_s.to_string(),
+        ),
         ("evict-used-pct".into(), ns.evict_used_pct.to_string()),
         ("storage-engine".into(), "device".into()),
         (
@@ -578,12 +582,13 @@ fn ticker_lines(state: &ServerState, last: &Ticker, period: Duration) -> Ticker 
         log(
             "info",
             &format!(
-                "ticker: namespace {}: objects {} tombstones {}; device used {} of {} ({}%), \
-                 free wblocks {}, defrag queue {} (moved {}, freed {}); \
+                "ticker: namespace {}: objects {} tombstones {} (reclaimed {}); device used {} \
+                 of {} ({}%), free wblocks {}, defrag queue {} (moved {}, freed {}); \
                  cache hits {}%; device reads {} writes {}; overloads {}",
                 runtime.name,
                 snap.objects,
                 snap.tombstones,
+                s.tombstones_reclaimed.load(Relaxed),
                 config::human_bytes(snap.used_bytes),
                 config::human_bytes(snap.capacity_bytes),
                 percent(snap.used_bytes, snap.capacity_bytes),

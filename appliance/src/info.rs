@@ -181,7 +181,9 @@ pub fn namespace_statistics(state: &ServerState, i: usize) -> String {
          index_huge_pages={};client_reads={reads};cache_read_pct={};device_reads={};\
          device_writes={};device_write_bytes={};client_writes={};client_deletes={};\
          checksum_failures={};device_overloads={};stop_writes_refusals={};\
-         defrag_reads={};defrag_moved={};defrag_freed={}",
+         defrag_reads={};defrag_moved={};defrag_freed={};emergency_defrags={};\
+         tombstones_reclaimed={};tombstones_kept={};tomb_raider_passes={};\
+         tomb_raider_aborts={}",
         snap.objects,
         snap.tombstones,
         runtime.replication_factor,
@@ -204,6 +206,11 @@ pub fn namespace_statistics(state: &ServerState, i: usize) -> String {
         s.defrag_reads.load(Relaxed),
         s.defrag_moved.load(Relaxed),
         s.defrag_freed.load(Relaxed),
+        s.emergency_defrags.load(Relaxed),
+        s.tombstones_reclaimed.load(Relaxed),
+        s.tombstones_kept.load(Relaxed),
+        s.tomb_raider_passes.load(Relaxed),
+        s.tomb_raider_aborts.load(Relaxed),
     );
     out
 }

@@ -521,6 +521,12 @@ pub struct ImageMeta<'a> {
 /// Decodes the header of the image at the start of `bytes` and verifies its
 /// magic, size and checksum; see [`ImageMeta`].
 pub fn decode_meta(bytes: &[u8]) -> Result<ImageMeta<'_>, ImageError> {
+    header(bytes, true)
+}
+
+/// The header checks every decode makes: magic, size within `bytes`, the
+/// checksum (when asked), and a set name that fits the image.
+fn header(bytes: &[u8], verify_checksum: bool) -> Result<ImageMeta<'_>, ImageError> {
     let fail = |offset, what| Err(ImageError { offset, what });
     if bytes.len() < IMAGE_HEADER_BYTES {
         return fail(0, ImageProblem::Truncated);
@@ -541,18 +547,20 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ImageMeta<'_>, ImageError> {
         );
     }
     let image = &bytes[..len];
-    let stored = u32::from_le_bytes(image[8..12].try_into().expect("4 bytes"));
-    let crc = crc32c::crc32c(&image[..8]);
-    let crc = crc32c::crc32c_append(crc, &[0; 4]);
-    let crc = crc32c::crc32c_append(crc, &image[12..]);
-    if crc != stored {
-        return fail(
-            8,
-            ImageProblem::ChecksumMismatch {
-                stored,
-                computed: crc,
-            },
-        );
+    if verify_checksum {
+        let stored = u32::from_le_bytes(image[8..12].try_into().expect("4 bytes"));
+        let crc = crc32c::crc32c(&image[..8]);
+        let crc = crc32c::crc32c_append(crc, &[0; 4]);
+        let crc = crc32c::crc32c_append(crc, &image[12..]);
+        if crc != stored {
+            return fail(
+                8,
+                ImageProblem::ChecksumMismatch {
+                    stored,
+                    computed: crc,
+                },
+            );
+        }
     }
     let flags = image[14];
     let set_len = image[15] as usize;
@@ -580,67 +588,25 @@ fn decode_checked(
     verify_checksum: bool,
 ) -> Result<Record, ImageError> {
     let fail = |offset, what| Err(ImageError { offset, what });
-    if bytes.len() < IMAGE_HEADER_BYTES {
-        return fail(0, ImageProblem::Truncated);
-    }
-    let magic = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
-    if magic != IMAGE_MAGIC {
-        return fail(0, ImageProblem::BadMagic(magic));
-    }
-    let n_rblocks = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-    let len = n_rblocks as usize * RBLOCK_BYTES;
-    if len < IMAGE_HEADER_BYTES || len > bytes.len() {
-        return fail(
-            4,
-            ImageProblem::BadSize {
-                n_rblocks,
-                available: bytes.len(),
-            },
-        );
-    }
-    let image = &bytes[..len];
-    let stored = u32::from_le_bytes(image[8..12].try_into().expect("4 bytes"));
-    let crc = if verify_checksum {
-        let crc = crc32c::crc32c(&image[..8]);
-        let crc = crc32c::crc32c_append(crc, &[0; 4]);
-        crc32c::crc32c_append(crc, &image[12..])
-    } else {
-        stored
-    };
-    if crc != stored {
-        return fail(
-            8,
-            ImageProblem::ChecksumMismatch {
-                stored,
-                computed: crc,
-            },
-        );
-    }
-    let mut digest = Digest::default();
-    digest.0.copy_from_slice(&image[16..16 + DIGEST_LEN]);
+    let meta = header(bytes, verify_checksum)?;
     if let Some(expected) = expected {
-        if *expected != digest {
+        if *expected != meta.digest {
             return fail(
                 16,
                 ImageProblem::DigestMismatch {
                     expected: *expected,
-                    found: digest,
+                    found: meta.digest,
                 },
             );
         }
     }
-    let flags = image[14];
-    let set_len = image[15] as usize;
-    if set_len > MAX_SET_NAME_BYTES {
-        return fail(15, ImageProblem::BadName);
-    }
+    let (image, len) = (&bytes[..meta.len], meta.len);
     let n_bins = u16::from_le_bytes(image[48..50].try_into().expect("2 bytes"));
     let mut r = Reader {
         bytes: image,
-        at: IMAGE_HEADER_BYTES,
+        at: IMAGE_HEADER_BYTES + meta.set_name.len(),
     };
-    let set_name = r.take(set_len)?.to_vec();
-    let key = if flags & FLAG_KEY_STORED != 0 {
+    let key = if meta.key_stored {
         let particle_type = r.u8()?;
         let n = r.u32()? as usize;
         Some(StoredKey {
@@ -671,13 +637,13 @@ fn decode_checked(
         return fail(r.at, ImageProblem::TrailingBytes);
     }
     Ok(Record {
-        digest,
-        generation: u16::from_le_bytes(image[12..14].try_into().expect("2 bytes")),
-        void_time: u32::from_le_bytes(image[36..40].try_into().expect("4 bytes")),
-        last_update_ms: u64::from_le_bytes(image[40..48].try_into().expect("8 bytes")),
-        set_name,
+        digest: meta.digest,
+        generation: meta.generation,
+        void_time: meta.void_time,
+        last_update_ms: meta.last_update_ms,
+        set_name: meta.set_name.to_vec(),
         key,
-        tombstone: flags & FLAG_TOMBSTONE != 0,
+        tombstone: meta.tombstone,
         bins,
     })
 }

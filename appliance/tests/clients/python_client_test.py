@@ -591,6 +591,15 @@ def t_info():
         check(pairs, "statistics is empty")
         for p in pairs:
             check(re.fullmatch(r"[^=;\t\n]+=[^;\t\n]*", p), f"statistics entry {p!r} is not name=value")
+    # What an operator watches per namespace (the ticker's figures), as
+    # integers: space, defrag, and durable deletes and their reclaim.
+    for node, (err, text) in client.info_all(f"namespace/{NS}").items():
+        eq(err, None, "namespace info error")
+        pairs = dict(p.split("=", 1) for p in info_value(f"namespace/{NS}", text).split(";") if p)
+        for name in ["objects", "tombstones", "device_used_bytes", "free_wblocks", "defrag_q",
+                     "emergency_defrags", "tombstones_reclaimed", "tombstones_kept",
+                     "tomb_raider_passes", "tomb_raider_aborts"]:
+            check(re.fullmatch(r"\d+", pairs.get(name, "")), f"namespace/{NS} {name}={pairs.get(name)!r}")
     value = info_value("node", client.info_random_node("node"))
     check(re.fullmatch(r"[^\t\n,\[\]]+", value), f"node reply {value!r}")
     eq(value, client.get_node_names()[0]["node_name"], "node id")
