@@ -4,6 +4,8 @@
 #![deny(unsafe_code)]
 
 pub mod bench;
+pub mod engine_load;
+pub mod flags;
 
 use std::fmt::Write as _;
 

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{build_ospreyd, segments_in, wait_bounded};
+use common::{build_ospreyd, segments_in, spawn_piped, wait_bounded, TempDir};
 use serde_json::Value;
 
 /// The quick run takes about a minute and a half on the 2-core dev VM with
@@ -119,15 +119,6 @@ fn check_figures(name: &str, comparison: &Value) {
     }
 }
 
-/// A temp dir removed when dropped (also when an assertion fails).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn quick_run_writes_every_comparison_and_its_plots() {
     let ospreyd = build_ospreyd();
@@ -167,19 +158,17 @@ fn quick_run_writes_every_comparison_and_its_plots() {
     let spdk_segments_before = segments_in(SPDK_KEY_RANGE);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("compare/run.sh");
     let started = Instant::now();
-    let child = Command::new("bash")
-        .arg(&script)
-        .arg("--quick")
-        .arg("--out")
-        .arg(&out)
-        .arg("--bin-dir")
-        .arg(&bin)
-        .env("OSPREY_PERF_NO_INSTALL", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run perf/compare/run.sh");
+    let child = spawn_piped(
+        Command::new("bash")
+            .arg(&script)
+            .arg("--quick")
+            .arg("--out")
+            .arg(&out)
+            .arg("--bin-dir")
+            .arg(&bin)
+            .env("OSPREY_PERF_NO_INSTALL", "1"),
+        "run perf/compare/run.sh",
+    );
     let output = wait_bounded(child, RUN_TIMEOUT)
         .unwrap_or_else(|| panic!("run.sh --quick took over {RUN_TIMEOUT:?}"));
     let elapsed = started.elapsed();

@@ -20,11 +20,11 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{build_ospreyd, segments_in, wait_bounded};
+use common::{build_ospreyd, segments_in, spawn_piped, wait_bounded};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_osprey-bench");
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -106,14 +106,10 @@ sprigs = 16
             ),
         )
         .expect("write the config");
-        let mut child = Command::new(binary)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ospreyd");
+        let mut child = spawn_piped(
+            Command::new(binary).arg("--config").arg(&config),
+            "spawn ospreyd",
+        );
         let (tx, rx) = mpsc::channel();
         for pipe in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -206,13 +202,7 @@ impl Drop for Server {
 
 /// Runs osprey-bench; returns (exit code, stdout, stderr).
 fn bench(args: &[&str]) -> (Option<i32>, String, String) {
-    let child = Command::new(BENCH)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn osprey-bench");
+    let child = spawn_piped(Command::new(BENCH).args(args), "spawn osprey-bench");
     let out = wait_bounded(child, BENCH_TIMEOUT)
         .unwrap_or_else(|| panic!("osprey-bench {args:?} ran over {BENCH_TIMEOUT:?}"));
     (

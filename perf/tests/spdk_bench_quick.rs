@@ -16,10 +16,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{segments_in, wait_bounded};
+use common::{segments_in, spawn_piped, wait_bounded, TempDir};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(5 * 60);
@@ -39,14 +39,6 @@ fn free_key_base() -> u32 {
         .expect("a free key block in 0x5A000000..0x5B000000")
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn quick_run_measures_or_says_why_not() {
     let base = free_key_base();
@@ -58,17 +50,15 @@ fn quick_run_measures_or_says_why_not() {
     let dir = guard.0.clone();
     std::fs::create_dir_all(&dir).expect("create the work dir");
     let json = dir.join("spdk.json");
-    let child = Command::new(env!("CARGO_BIN_EXE_spdk-bench"))
-        .args(["--quick", "--shm-key-base", &format!("{base:#x}")])
-        .arg("--dir")
-        .arg(&dir)
-        .arg("--json")
-        .arg(&json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run spdk-bench");
+    let child = spawn_piped(
+        Command::new(env!("CARGO_BIN_EXE_spdk-bench"))
+            .args(["--quick", "--shm-key-base", &format!("{base:#x}")])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--json")
+            .arg(&json),
+        "run spdk-bench",
+    );
     let output = wait_bounded(child, LIMIT)
         .unwrap_or_else(|| panic!("spdk-bench --quick took over {LIMIT:?}"));
     let stdout = String::from_utf8_lossy(&output.stdout);

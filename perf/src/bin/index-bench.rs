@@ -53,6 +53,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use osprey_perf::flags::{parse_in, parse_list, parse_number, Usage};
 use osprey_perf::json_string;
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -61,7 +62,7 @@ use std::time::{Duration, Instant};
 use osprey_engine::index::config::MAX_STAGES;
 use osprey_engine::index::layout::ENTRY_SIZE;
 use osprey_engine::index::{IndexConfig, IndexStats, PageMode};
-use osprey_engine::{Digest, Index, IndexRecord, Location, UserKey};
+use osprey_engine::{Digest, Index, IndexRecord, Location};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -95,29 +96,6 @@ struct Options {
     quick: bool,
 }
 
-/// A bad flag (exit code 2), as one line.
-struct Usage(String);
-
-fn parse_number(flag: &str, text: &str) -> Result<u64, Usage> {
-    let clean = text.replace('_', "");
-    let parsed = match clean
-        .strip_prefix("0x")
-        .or_else(|| clean.strip_prefix("0X"))
-    {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => clean.parse(),
-    };
-    parsed.map_err(|_| Usage(format!("{flag}: {text:?} is not a number")))
-}
-
-fn parse_list(flag: &str, text: &str) -> Result<Vec<u64>, Usage> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| parse_number(flag, s))
-        .collect()
-}
-
 fn parse_sprigs(flag: &str, value: u64) -> Result<u32, Usage> {
     if value == 0 || value > 4096 || !value.is_power_of_two() {
         return Err(Usage(format!(
@@ -142,24 +120,11 @@ fn parse_options(args: &[String]) -> Result<Options, Usage> {
     let mut shm_key_base = None;
     let mut json = None;
     let mut quick = false;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        if flag == "--quick" || flag == "--help" || flag == "-h" {
-            if inline.is_some() {
-                return Err(Usage(format!("{flag} takes no value")));
-            }
-            if flag == "--quick" {
-                quick = true;
-                continue;
-            }
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let known = [
+    osprey_perf::flags::parse_args(
+        args,
+        USAGE,
+        &mut [("--quick", &mut quick)],
+        &[
             "--records",
             "--sprigs",
             "--sprig-sweep",
@@ -167,61 +132,51 @@ fn parse_options(args: &[String]) -> Result<Options, Usage> {
             "--stage-size-mib",
             "--shm-key-base",
             "--json",
-        ];
-        if !known.contains(&flag) {
-            return Err(Usage(format!("unknown argument {arg:?}")));
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it
-                .next()
-                .cloned()
-                .ok_or_else(|| Usage(format!("{flag} needs a value")))?,
-        };
-        match flag {
-            "--records" => {
-                let list = parse_list(flag, &value)?;
-                if list.is_empty() || list.contains(&0) {
-                    return Err(Usage(format!(
-                        "{flag}: {value:?} must list record counts above 0"
-                    )));
+        ],
+        |flag, value| {
+            match flag {
+                "--records" => {
+                    let list = parse_list(flag, &value)?;
+                    if list.is_empty() || list.contains(&0) {
+                        return Err(Usage(format!(
+                            "{flag}: {value:?} must list record counts above 0"
+                        )));
+                    }
+                    records = Some(list.into_iter().map(|n| n as usize).collect::<Vec<_>>());
                 }
-                records = Some(list.into_iter().map(|n| n as usize).collect::<Vec<_>>());
-            }
-            "--sprigs" => sprigs = Some(parse_sprigs(flag, parse_number(flag, &value)?)?),
-            "--sprig-sweep" => {
-                sweep = Some(
-                    parse_list(flag, &value)?
-                        .into_iter()
-                        .map(|s| parse_sprigs(flag, s))
-                        .collect::<Result<Vec<_>, _>>()?,
-                )
-            }
-            "--pages" => {
-                pages = Some(PageMode::parse(&value).ok_or_else(|| {
-                    Usage(format!(
-                        "{flag}: {value:?} is not one of auto, huge, normal"
-                    ))
-                })?)
-            }
-            "--stage-size-mib" => {
-                let mib = parse_number(flag, &value)?;
-                if !(1..=16 * 1024).contains(&mib) {
-                    return Err(Usage(format!("{flag}: {mib} is not in 1..=16384")));
+                "--sprigs" => sprigs = Some(parse_sprigs(flag, parse_number(flag, &value)?)?),
+                "--sprig-sweep" => {
+                    sweep = Some(
+                        parse_list(flag, &value)?
+                            .into_iter()
+                            .map(|s| parse_sprigs(flag, s))
+                            .collect::<Result<Vec<_>, _>>()?,
+                    )
                 }
-                stage_mib = Some(mib);
+                "--pages" => {
+                    pages = Some(PageMode::parse(&value).ok_or_else(|| {
+                        Usage(format!(
+                            "{flag}: {value:?} is not one of auto, huge, normal"
+                        ))
+                    })?)
+                }
+                "--stage-size-mib" => {
+                    let mib = parse_in(flag, &value, 1..=16 * 1024)?;
+                    stage_mib = Some(mib);
+                }
+                "--shm-key-base" => {
+                    let base = parse_number(flag, &value)?;
+                    shm_key_base = Some(
+                        u32::try_from(base)
+                            .map_err(|_| Usage(format!("{flag}: {value} does not fit 32 bits")))?,
+                    );
+                }
+                "--json" => json = Some(PathBuf::from(value)),
+                _ => unreachable!("flag list and match disagree"),
             }
-            "--shm-key-base" => {
-                let base = parse_number(flag, &value)?;
-                shm_key_base = Some(
-                    u32::try_from(base)
-                        .map_err(|_| Usage(format!("{flag}: {value} does not fit 32 bits")))?,
-                );
-            }
-            "--json" => json = Some(PathBuf::from(value)),
-            _ => unreachable!("flag list and match disagree"),
-        }
-    }
+            Ok(())
+        },
+    )?;
     let options = Options {
         records: records.unwrap_or_else(|| {
             if quick {
@@ -414,21 +369,7 @@ struct Lookups {
 }
 
 fn compute_digests(n: usize) -> Vec<Digest> {
-    let mut keys = vec![Digest::default(); n];
-    let threads = std::thread::available_parallelism()
-        .map(|t| t.get())
-        .unwrap_or(1);
-    let chunk = n.div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        for (c, slice) in keys.chunks_mut(chunk).enumerate() {
-            scope.spawn(move || {
-                for (j, d) in slice.iter_mut().enumerate() {
-                    *d = Digest::compute("bench", &UserKey::Integer((c * chunk + j) as i64));
-                }
-            });
-        }
-    });
-    keys
+    osprey_perf::engine_load::compute_digests("bench", n)
 }
 
 #[inline(never)]

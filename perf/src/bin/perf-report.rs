@@ -555,56 +555,19 @@ fn redis_latency_plot(doc: &Value, path: &Path) -> Result<bool, String> {
             ))
         })
         .collect();
-    let Some((lo, hi)) = log_range(rows.iter().flat_map(|r| [r.1, r.2])) else {
-        return Ok(false);
-    };
-    let root = frame(path, "CLIENT-SIDE LATENCY (US): OSPREYD VS REDIS-SERVER")?;
-    let n = rows.len() as f64;
-    let mut chart = ChartBuilder::on(&root)
-        .margin_top(40)
-        .margin_left(90)
-        .margin_right(40)
-        .margin_bottom(50)
-        .build_cartesian_2d(0f64..n, (lo..hi).log_scale())
-        .map_err(|e| plot_err(path, e))?;
-    for t in log_ticks(lo, hi) {
-        let _ = chart.draw_series(std::iter::once(PathElement::new(
-            vec![(0.0, t), (n, t)],
-            GRID_COLOR,
-        )));
-        let (px, py) = chart.backend_coord(&(0.0, t));
-        LABEL.draw_right(&root, (px - 6, py), &si(t), TEXT_COLOR);
-    }
-    for (i, (label, osprey, redis)) in rows.iter().enumerate() {
-        let x = i as f64;
-        for (left, value, color) in [
-            (x + 0.15, *osprey, OSPREY_COLOR),
-            (x + 0.5, *redis, BASELINE_COLOR),
-        ] {
-            chart
-                .draw_series(std::iter::once(Rectangle::new(
-                    [(left, lo), (left + 0.35, value)],
-                    color.filled(),
-                )))
-                .map_err(|e| plot_err(path, e))?;
-            let (px, py) = chart.backend_coord(&(left + 0.175, value));
-            LABEL.draw_centred(&root, (px, py - 14), &si(value), TEXT_COLOR);
-        }
-        let (px, py) = chart.backend_coord(&(x + 0.5, lo));
-        LABEL.draw_centred(&root, (px, py + 6), label, TEXT_COLOR);
-    }
-    let (lx, ty) = chart.backend_coord(&(0.0, hi));
-    legend_at(
-        &root,
-        lx + 12,
-        ty + 8,
-        &[
-            (OSPREY_COLOR, "OSPREYD (MEASURED BY OSPREY-BENCH)"),
-            (BASELINE_COLOR, "REDIS-SERVER (MEASURED BY REDIS-BENCHMARK)"),
-        ],
-    );
-    root.present().map_err(|e| plot_err(path, e))?;
-    Ok(true)
+    paired_log_bars(
+        path,
+        &PairedBars {
+            title: "CLIENT-SIDE LATENCY (US): OSPREYD VS REDIS-SERVER",
+            rows,
+            value_label: si,
+            legend_left: true,
+            legend: [
+                (OSPREY_COLOR, "OSPREYD (MEASURED BY OSPREY-BENCH)"),
+                (BASELINE_COLOR, "REDIS-SERVER (MEASURED BY REDIS-BENCHMARK)"),
+            ],
+        },
+    )
 }
 
 fn restart_plot(doc: &Value, path: &Path) -> Result<bool, String> {
@@ -621,10 +584,44 @@ fn restart_plot(doc: &Value, path: &Path) -> Result<bool, String> {
             ))
         })
         .collect();
+    let rows = rows
+        .into_iter()
+        .map(|(records, warm, cold)| (format!("{} RECORDS", si(records)), warm, cold))
+        .collect();
+    paired_log_bars(
+        path,
+        &PairedBars {
+            title: "RESTART: TIME TO READY (S), WARM VS COLD",
+            rows,
+            value_label: |value| format!("{value:.3}"),
+            legend_left: false,
+            legend: [
+                (OSPREY_COLOR, "WARM (SHM INDEX RE-ATTACHED)"),
+                (BASELINE_COLOR, "COLD (DEVICE SCANNED)"),
+            ],
+        },
+    )
+}
+
+/// Pairs of bars on a log scale: for each row, its label under a bar of
+/// the first value (osprey's colour) and one of the second (the
+/// baseline's), each with its value above it.
+struct PairedBars<'a> {
+    title: &'a str,
+    rows: Vec<(String, f64, f64)>,
+    value_label: fn(f64) -> String,
+    /// The legend in the top left corner (else the top right).
+    legend_left: bool,
+    legend: [(RGBColor, &'a str); 2],
+}
+
+/// Draws `bars` to `path`; `false` (nothing drawn) without a positive value.
+fn paired_log_bars(path: &Path, bars: &PairedBars) -> Result<bool, String> {
+    let rows = &bars.rows;
     let Some((lo, hi)) = log_range(rows.iter().flat_map(|r| [r.1, r.2])) else {
         return Ok(false);
     };
-    let root = frame(path, "RESTART: TIME TO READY (S), WARM VS COLD")?;
+    let root = frame(path, bars.title)?;
     let n = rows.len() as f64;
     let mut chart = ChartBuilder::on(&root)
         .margin_top(40)
@@ -641,11 +638,11 @@ fn restart_plot(doc: &Value, path: &Path) -> Result<bool, String> {
         let (px, py) = chart.backend_coord(&(0.0, t));
         LABEL.draw_right(&root, (px - 6, py), &si(t), TEXT_COLOR);
     }
-    for (i, &(records, warm, cold)) in rows.iter().enumerate() {
+    for (i, (label, first, second)) in rows.iter().enumerate() {
         let x = i as f64;
         for (left, value, color) in [
-            (x + 0.15, warm, OSPREY_COLOR),
-            (x + 0.5, cold, BASELINE_COLOR),
+            (x + 0.15, *first, OSPREY_COLOR),
+            (x + 0.5, *second, BASELINE_COLOR),
         ] {
             chart
                 .draw_series(std::iter::once(Rectangle::new(
@@ -654,26 +651,18 @@ fn restart_plot(doc: &Value, path: &Path) -> Result<bool, String> {
                 )))
                 .map_err(|e| plot_err(path, e))?;
             let (px, py) = chart.backend_coord(&(left + 0.175, value));
-            LABEL.draw_centred(&root, (px, py - 14), &format!("{value:.3}"), TEXT_COLOR);
+            LABEL.draw_centred(&root, (px, py - 14), &(bars.value_label)(value), TEXT_COLOR);
         }
         let (px, py) = chart.backend_coord(&(x + 0.5, lo));
-        LABEL.draw_centred(
-            &root,
-            (px, py + 6),
-            &format!("{} RECORDS", si(records)),
-            TEXT_COLOR,
-        );
+        LABEL.draw_centred(&root, (px, py + 6), label, TEXT_COLOR);
     }
-    let (rx, ty) = chart.backend_coord(&(n, hi));
-    legend(
-        &root,
-        rx - 8,
-        ty + 8,
-        &[
-            (OSPREY_COLOR, "WARM (SHM INDEX RE-ATTACHED)"),
-            (BASELINE_COLOR, "COLD (DEVICE SCANNED)"),
-        ],
-    );
+    if bars.legend_left {
+        let (lx, ty) = chart.backend_coord(&(0.0, hi));
+        legend_at(&root, lx + 12, ty + 8, &bars.legend);
+    } else {
+        let (rx, ty) = chart.backend_coord(&(n, hi));
+        legend(&root, rx - 8, ty + 8, &bars.legend);
+    }
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(true)
 }

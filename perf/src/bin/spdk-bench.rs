@@ -86,6 +86,7 @@
 //! (`sudo scripts/setup-hugepages.sh --pages 1024`).
 #![deny(unsafe_code)]
 
+use osprey_perf::flags::{parse_in, parse_number, Usage};
 use std::path::PathBuf;
 
 /// Exit code of a run that did not measure because it cannot here.
@@ -121,21 +122,6 @@ struct Options {
     target_core: usize,
 }
 
-/// A bad flag (exit code 2), as one line.
-struct Usage(String);
-
-fn parse_number(flag: &str, text: &str) -> Result<u64, Usage> {
-    let clean = text.replace('_', "");
-    let parsed = match clean
-        .strip_prefix("0x")
-        .or_else(|| clean.strip_prefix("0X"))
-    {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => clean.parse(),
-    };
-    parsed.map_err(|_| Usage(format!("{flag}: {text:?} is not a number")))
-}
-
 fn parse_options(args: &[String]) -> Result<Options, Usage> {
     let mut quick = false;
     let mut records = None;
@@ -146,90 +132,74 @@ fn parse_options(args: &[String]) -> Result<Options, Usage> {
     let mut shm_key_base = None;
     let mut core = None;
     let mut target_core = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        match flag {
-            "--quick" if inline.is_none() => {
-                quick = true;
-                continue;
-            }
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--quick" => return Err(Usage(format!("{flag} takes no value"))),
-            "--records" | "--queue-depth" | "--seconds" | "--dir" | "--json" | "--shm-key-base"
-            | "--core" | "--target-core" => {}
-            _ => return Err(Usage(format!("unknown argument {arg:?}"))),
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it
-                .next()
-                .cloned()
-                .ok_or_else(|| Usage(format!("{flag} needs a value")))?,
-        };
-        match flag {
-            "--records" => {
-                let n = parse_number(flag, &value)?;
-                if !(1_000..=MAX_RECORDS).contains(&n) {
-                    return Err(Usage(format!("{flag}: {n} is not in 1000..={MAX_RECORDS}")));
+    osprey_perf::flags::parse_args(
+        args,
+        USAGE,
+        &mut [("--quick", &mut quick)],
+        &[
+            "--records",
+            "--queue-depth",
+            "--seconds",
+            "--dir",
+            "--json",
+            "--shm-key-base",
+            "--core",
+            "--target-core",
+        ],
+        |flag, value| {
+            match flag {
+                "--records" => {
+                    let n = parse_in(flag, &value, 1_000..=MAX_RECORDS)?;
+                    records = Some(n);
                 }
-                records = Some(n);
-            }
-            "--queue-depth" => {
-                let q = parse_number(flag, &value)?;
-                // The NVMe/TCP target's queues hold 128 commands.
-                if !(1..=127).contains(&q) {
-                    return Err(Usage(format!("{flag}: {q} is not in 1..=127")));
+                "--queue-depth" => {
+                    // The NVMe/TCP target's queues hold 128 commands.
+                    let q = parse_in(flag, &value, 1..=127)?;
+                    queue_depth = Some(q as u32);
                 }
-                queue_depth = Some(q as u32);
-            }
-            "--seconds" => {
-                let s = parse_number(flag, &value)?;
-                if !(2..=3600).contains(&s) {
-                    return Err(Usage(format!(
-                        "{flag}: {s} is not a whole number in 2..=3600"
-                    )));
+                "--seconds" => {
+                    let s = parse_number(flag, &value)?;
+                    if !(2..=3600).contains(&s) {
+                        return Err(Usage(format!(
+                            "{flag}: {s} is not a whole number in 2..=3600"
+                        )));
+                    }
+                    seconds = Some(s);
                 }
-                seconds = Some(s);
-            }
-            "--dir" | "--json" if value.is_empty() => {
-                return Err(Usage(format!("{flag} needs a path")))
-            }
-            "--dir" => dir = Some(PathBuf::from(value)),
-            "--json" => json = Some(PathBuf::from(value)),
-            "--shm-key-base" => {
-                let base = parse_number(flag, &value)?;
-                let ok = (u64::from(KEY_RANGE.start)..=u64::from(KEY_RANGE.end - 0x2000))
-                    .contains(&base);
-                if !ok {
-                    return Err(Usage(format!(
-                        "{flag}: {value} is not in {:#x}..={:#x}",
-                        KEY_RANGE.start,
-                        KEY_RANGE.end - 0x2000
-                    )));
+                "--dir" | "--json" if value.is_empty() => {
+                    return Err(Usage(format!("{flag} needs a path")))
                 }
-                shm_key_base = Some(base as u32);
-            }
-            "--core" | "--target-core" => {
-                let c = parse_number(flag, &value)?;
-                if c > 1023 {
-                    return Err(Usage(format!("{flag}: {c} is not a core number")));
+                "--dir" => dir = Some(PathBuf::from(value)),
+                "--json" => json = Some(PathBuf::from(value)),
+                "--shm-key-base" => {
+                    let base = parse_number(flag, &value)?;
+                    let ok = (u64::from(KEY_RANGE.start)..=u64::from(KEY_RANGE.end - 0x2000))
+                        .contains(&base);
+                    if !ok {
+                        return Err(Usage(format!(
+                            "{flag}: {value} is not in {:#x}..={:#x}",
+                            KEY_RANGE.start,
+                            KEY_RANGE.end - 0x2000
+                        )));
+                    }
+                    shm_key_base = Some(base as u32);
                 }
-                if flag == "--core" {
-                    core = Some(c as usize);
-                } else {
-                    target_core = Some(c as usize);
+                "--core" | "--target-core" => {
+                    let c = parse_number(flag, &value)?;
+                    if c > 1023 {
+                        return Err(Usage(format!("{flag}: {c} is not a core number")));
+                    }
+                    if flag == "--core" {
+                        core = Some(c as usize);
+                    } else {
+                        target_core = Some(c as usize);
+                    }
                 }
+                _ => unreachable!("flag list and match disagree"),
             }
-            _ => unreachable!("flag list and match disagree"),
-        }
-    }
+            Ok(())
+        },
+    )?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let core = core.unwrap_or(if cores > 1 { 1 } else { 0 });
     let target_core = target_core.unwrap_or(if core == 0 && cores > 1 { 1 } else { 0 });
@@ -297,18 +267,18 @@ mod bench {
         find_nvmf_tgt, host_unready, NvmfTarget, TargetOptions,
     };
     use osprey_engine::device::spdk::{EnvOptions, SpdkDevice, SpdkOptions};
-    use osprey_engine::device::uring::{UringDevice, UringOptions};
-    use osprey_engine::device::{Device, IoKind, IoOp, Queue, SubmitError};
-    use osprey_engine::index::{IndexConfig, PageMode};
-    use osprey_engine::ops::{Op, Request};
-    use osprey_engine::record::{BinName, Value};
-    use osprey_engine::result::ResultCode;
-    use osprey_engine::storage::core::{CoreStorage, Reply, Transaction};
+    use osprey_engine::device::Device;
+    use osprey_engine::index::IndexConfig;
+    use osprey_engine::storage::core::CoreStorage;
     use osprey_engine::storage::header::HEADER_REGION_BYTES;
     use osprey_engine::storage::namespace::{system_clock, Namespace, StartKind, StorageConfig};
-    use osprey_engine::{Digest, Index, UserKey};
+    use osprey_engine::Digest;
+    use osprey_perf::engine_load::{
+        self, drive, io_bytes, proc_times, record_place, shutdown, uring_device, Load, RandomGets,
+        Records, SegmentsGuard, TIMEOUT, USER_HZ,
+    };
     use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     use serde_json::{json, Value as Json};
 
     const MIB: u64 = 1 << 20;
@@ -334,11 +304,8 @@ mod bench {
     /// this process each run an SPDK environment.
     pub const HUGEPAGES_MB: u64 = 1024;
     const NAMESPACE_ID: u32 = 1;
-    const TIMEOUT: Duration = Duration::from_secs(120);
     /// Commands per SPDK queue pair: the NVMe/TCP target's queue size.
     const SPDK_QUEUE: u32 = 128;
-    /// USER_HZ of /proc/<pid>/stat.
-    const TICKS_PER_S: f64 = 100.0;
 
     pub enum Stop {
         /// Cannot measure on this host (exit code 3).
@@ -354,21 +321,6 @@ mod bench {
     }
 
     // ---- guards -----------------------------------------------------------
-
-    /// Removes the index segments when dropped (declare before the
-    /// namespace: it must be detached first).
-    struct SegmentsGuard(IndexConfig);
-
-    impl Drop for SegmentsGuard {
-        fn drop(&mut self) {
-            if let Err(e) = Index::destroy_segments(&self.0) {
-                eprintln!(
-                    "spdk-bench: could not remove the segments of key base {:#x}: {e}",
-                    self.0.shm_key_base
-                );
-            }
-        }
-    }
 
     /// Removes the work directory (backing file, target's config and log).
     struct DirGuard(PathBuf);
@@ -387,15 +339,7 @@ mod bench {
 
     /// utime and stime (ticks) of `/proc/<pid>/stat` (`None`: this process).
     fn cpu_ticks(pid: Option<u32>) -> Option<(u64, u64)> {
-        let path = match pid {
-            Some(p) => format!("/proc/{p}/stat"),
-            None => "/proc/self/stat".to_string(),
-        };
-        let text = std::fs::read_to_string(path).ok()?;
-        let rest = &text[text.rfind(')')? + 1..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // `rest` starts at field 3: utime is field 14, stime 15.
-        Some((fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?))
+        proc_times(pid).map(|t| (t[0], t[1]))
     }
 
     /// A point in time with a process's CPU ticks.
@@ -425,8 +369,8 @@ mod bench {
     impl Cpu {
         fn between(a: Sample, b: Sample) -> Cpu {
             Cpu {
-                user_s: b.ticks.0.saturating_sub(a.ticks.0) as f64 / TICKS_PER_S,
-                sys_s: b.ticks.1.saturating_sub(a.ticks.1) as f64 / TICKS_PER_S,
+                user_s: b.ticks.0.saturating_sub(a.ticks.0) as f64 / USER_HZ,
+                sys_s: b.ticks.1.saturating_sub(a.ticks.1) as f64 / USER_HZ,
                 wall_s: (b.at - a.at).as_secs_f64(),
             }
         }
@@ -461,14 +405,6 @@ mod bench {
         }
     }
 
-    /// Bytes this process read through the kernel (/proc/self/io).
-    fn kernel_read_bytes() -> Option<u64> {
-        let text = std::fs::read_to_string("/proc/self/io").ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("read_bytes:"))
-            .and_then(|v| v.trim().parse().ok())
-    }
-
     /// The 1, 5 and 15 minute load averages (the host is shared).
     fn loadavg() -> Vec<f64> {
         std::fs::read_to_string("/proc/loadavg")
@@ -481,227 +417,24 @@ mod bench {
 
     // ---- records and the workload ------------------------------------------
 
-    fn bin_name() -> BinName {
-        BinName::new(BIN).expect("a valid bin name")
-    }
+    const RECORDS: Records = Records { set: SET, bin: BIN };
 
-    fn image_len(value_len: usize) -> u64 {
-        let record = osprey_engine::record::Record {
-            set_name: SET.as_bytes().to_vec(),
-            bins: vec![osprey_engine::record::Bin {
-                name: bin_name(),
-                value: Value::Blob(4, vec![0; value_len]),
-            }],
-            ..Default::default()
-        };
-        record.image_len() as u64
-    }
-
+    /// Key `key`'s value: its number, then 0xA5 bytes.
     fn value_bytes(key: u64) -> Vec<u8> {
         let mut v = vec![0xA5u8; VALUE];
         v[..8].copy_from_slice(&key.to_le_bytes());
         v
     }
 
-    fn put_txn(digest: Digest, value: Vec<u8>) -> Transaction {
-        Transaction {
-            request: Request {
-                digest,
-                ops: vec![Op::write(bin_name(), Value::Blob(4, value))],
-                set_name: SET.as_bytes().to_vec(),
-                ..Default::default()
-            },
-            durable_delete: false,
-        }
-    }
-
-    fn get_txn(digest: Digest) -> Transaction {
-        Transaction {
-            request: Request {
-                digest,
-                read_all_bins: true,
-                set_name: SET.as_bytes().to_vec(),
-                ..Default::default()
-            },
-            durable_delete: false,
-        }
-    }
-
-    /// Checks that a get returned key `key`'s record.
-    fn check_read(key: u64, reply: &Reply) -> Result<(), String> {
-        if reply.result != ResultCode::Ok {
-            return Err(format!("get of key {key}: {}", reply.result));
-        }
-        let value = reply.bins.iter().find_map(|b| match (&b.name, &b.value) {
-            (Some(name), Some(Value::Blob(4, bytes))) if name.as_bytes() == BIN => Some(bytes),
-            _ => None,
-        });
-        let Some(bytes) = value else {
-            return Err(format!("get of key {key}: no blob bin in the reply"));
-        };
-        if bytes.len() != VALUE {
-            return Err(format!(
-                "get of key {key}: a {}-byte value, {VALUE} written",
-                bytes.len()
-            ));
-        }
-        let found = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-        if found != key {
-            return Err(format!("get of key {key} returned key {found}'s record"));
-        }
-        Ok(())
-    }
-
-    enum Done {
-        Finished,
-        /// Submit the same job again (the device was busy).
-        Retry,
-    }
-
-    trait Workload {
-        fn next(&mut self) -> Option<u64>;
-        fn txn(&self, key: u64) -> Transaction;
-        fn done(&mut self, key: u64, reply: &Reply) -> Result<Done, String>;
-    }
-
-    /// Writes keys 0..end once.
-    struct Load<'a> {
-        digests: &'a [Digest],
-        next: u64,
-        end: u64,
-    }
-
-    impl Workload for Load<'_> {
-        fn next(&mut self) -> Option<u64> {
-            (self.next < self.end).then(|| {
-                self.next += 1;
-                self.next - 1
-            })
-        }
-        fn txn(&self, key: u64) -> Transaction {
-            put_txn(self.digests[key as usize], value_bytes(key))
-        }
-        fn done(&mut self, key: u64, reply: &Reply) -> Result<Done, String> {
-            match reply.result {
-                ResultCode::Ok => Ok(Done::Finished),
-                ResultCode::DeviceOverload => Ok(Done::Retry),
-                other => Err(format!("load of key {key}: {other}")),
-            }
-        }
-    }
-
-    /// Uniformly random gets of keys 0..n.
-    struct RandomGets<'a> {
-        digests: &'a [Digest],
-        n: u64,
-        rng: StdRng,
-    }
-
-    impl Workload for RandomGets<'_> {
-        fn next(&mut self) -> Option<u64> {
-            Some(self.rng.gen_range(0..self.n))
-        }
-        fn txn(&self, key: u64) -> Transaction {
-            get_txn(self.digests[key as usize])
-        }
-        fn done(&mut self, key: u64, reply: &Reply) -> Result<Done, String> {
-            check_read(key, reply)?;
-            Ok(Done::Finished)
-        }
-    }
-
-    /// Keeps `depth` transactions of `w` in flight on `core` (polling without
-    /// sleeping, as a reactor does) until `w` has no more, or until
-    /// `deadline`: then none start and those in flight finish. Returns the
-    /// transactions finished. (storage-bench's `drive`, trimmed.)
-    fn drive<W: Workload>(
-        core: &mut CoreStorage,
-        w: &mut W,
-        depth: usize,
-        deadline: Option<Instant>,
-    ) -> Result<u64, String> {
-        let mut slots: Vec<Option<u64>> = vec![None; depth];
-        let mut in_flight = 0usize;
-        for (s, slot) in slots.iter_mut().enumerate() {
-            let Some(job) = w.next() else { break };
-            core.submit(s as u64, w.txn(job));
-            *slot = Some(job);
-            in_flight += 1;
-        }
-        let mut finished = 0u64;
-        let mut out = Vec::with_capacity(depth);
-        let mut stopping = false;
-        let mut last_progress = Instant::now();
-        let mut idle_polls = 0u32;
-        while in_flight > 0 {
-            if !core.poll(&mut out) && out.is_empty() {
-                idle_polls += 1;
-                if idle_polls % 4096 == 0 && last_progress.elapsed() > TIMEOUT {
-                    return Err(format!(
-                        "{in_flight} transactions made no progress for {TIMEOUT:?}"
-                    ));
-                }
-                std::hint::spin_loop();
-                continue;
-            }
-            idle_polls = 0;
-            let now = Instant::now();
-            last_progress = now;
-            if !stopping && deadline.is_some_and(|d| now >= d) {
-                stopping = true;
-            }
-            for (id, reply) in out.drain(..) {
-                let s = id as usize;
-                let job = slots
-                    .get_mut(s)
-                    .and_then(Option::take)
-                    .ok_or_else(|| format!("a reply for transaction {id}, not in flight"))?;
-                if let Done::Retry = w.done(job, &reply)? {
-                    core.submit(id, w.txn(job));
-                    slots[s] = Some(job);
-                    continue;
-                }
-                finished += 1;
-                match if stopping { None } else { w.next() } {
-                    Some(next) => {
-                        core.submit(id, w.txn(next));
-                        slots[s] = Some(next);
-                    }
-                    None => in_flight -= 1,
-                }
-            }
-        }
-        Ok(finished)
-    }
-
-    fn compute_digests(n: usize) -> Vec<Digest> {
-        let mut keys = vec![Digest::default(); n];
-        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-        let chunk = n.div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            for (c, slice) in keys.chunks_mut(chunk).enumerate() {
-                scope.spawn(move || {
-                    for (j, d) in slice.iter_mut().enumerate() {
-                        *d = Digest::compute(SET, &UserKey::Integer((c * chunk + j) as i64));
-                    }
-                });
-            }
-        });
-        keys
-    }
-
     // ---- the namespace ---------------------------------------------------------
 
     fn index_config(options: &Options) -> IndexConfig {
-        IndexConfig {
-            namespace_id: NAMESPACE_ID,
-            shm_key_base: options.shm_key_base,
-            pages: PageMode::Auto,
-            sprigs_per_partition: 256,
-            stage_size_bytes: if options.quick { MIB } else { 16 * MIB },
-            max_stages: 128,
-            walk_threads: 1,
-        }
+        engine_load::index_config(
+            NAMESPACE_ID,
+            options.shm_key_base,
+            if options.quick { MIB } else { 16 * MIB },
+            1,
+        )
     }
 
     fn storage_config() -> StorageConfig {
@@ -726,82 +459,10 @@ mod bench {
         Ok((Arc::new(ns), kind))
     }
 
-    fn shutdown(mut core: CoreStorage, ns: Arc<Namespace>) -> Result<(), String> {
-        core.flush_all(TIMEOUT)?;
-        drop(core);
-        Arc::try_unwrap(ns)
-            .map_err(|_| "the namespace is still shared at shutdown".to_string())?
-            .shutdown()
-            .map_err(|e| format!("shutdown: {e}"))?;
-        Ok(())
-    }
-
-    fn uring_device(path: &Path, file_bytes: u64, depth: u32) -> Result<Arc<dyn Device>, String> {
-        let device = UringDevice::open(
-            path,
-            &UringOptions {
-                file_size_bytes: Some(file_bytes),
-                queue_depth: depth,
-                max_io_bytes: 8 << 20,
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(Arc::new(device))
-    }
-
     /// Writes the whole file once with zeros (1 MiB O_DIRECT writes).
     fn prefill(path: &Path, file_bytes: u64) -> Result<(), String> {
         let device = uring_device(path, file_bytes, 8)?;
-        let mut queue: Box<dyn Queue> = device.open_queue().map_err(|e| e.to_string())?;
-        let size = device.info().size_bytes;
-        let (mut next, mut in_flight) = (0u64, 0usize);
-        let mut free = Vec::new();
-        let mut done = Vec::new();
-        let mut last_progress = Instant::now();
-        while next < size || in_flight > 0 {
-            while next < size && in_flight < 4 {
-                let len = MIB.min(size - next) as usize;
-                let mut buffer = match free.pop() {
-                    Some(b) => b,
-                    None => device
-                        .alloc_buffer(MIB as usize)
-                        .map_err(|e| e.to_string())?,
-                };
-                buffer.set_len(len);
-                let op = IoOp {
-                    kind: IoKind::Write,
-                    offset: next,
-                    buffer,
-                    token: next,
-                };
-                match queue.submit(op) {
-                    Ok(()) => {
-                        next += len as u64;
-                        in_flight += 1;
-                    }
-                    Err(SubmitError::Full(op)) => {
-                        free.push(op.buffer);
-                        break;
-                    }
-                    Err(SubmitError::Invalid(_, e)) => return Err(format!("prefill: {e}")),
-                }
-            }
-            done.clear();
-            if queue.poll(&mut done, usize::MAX) == 0 {
-                if last_progress.elapsed() > TIMEOUT {
-                    return Err("prefill: writes stalled".into());
-                }
-                std::thread::yield_now();
-                continue;
-            }
-            last_progress = Instant::now();
-            for c in done.drain(..) {
-                in_flight -= 1;
-                c.result.map_err(|e| format!("prefill: {e}"))?;
-                free.push(c.buffer);
-            }
-        }
-        Ok(())
+        engine_load::prefill(&*device, 4)
     }
 
     // ---- spdk_nvme_perf ---------------------------------------------------------
@@ -971,6 +632,18 @@ mod bench {
     }
 
     impl GetRun {
+        /// The phase's line of notes, as on `backend`.
+        fn note(&self, backend: &str) -> String {
+            let (user, sys, _) = self.cpu.per_op_us(self.rate);
+            format!(
+                "{backend} backend: {} gets, {:.1} k/s, CPU {:.0}% of a core: {user:.2} µs user + {sys:.2} µs system per get; kernel read bytes per get {}",
+                self.gets,
+                self.rate / 1e3,
+                self.cpu.pct(),
+                self.kernel_read_bytes_per_get.map_or("?".into(), |b| format!("{b:.0}")),
+            )
+        }
+
         fn json(&self) -> Json {
             let mut j = self.cpu.json(self.rate);
             j["gets"] = json!(self.gets);
@@ -998,22 +671,25 @@ mod bench {
         let mut core = CoreStorage::new(ns.clone()).map_err(|e| e.to_string())?;
         let reads0 = ns.stats.device_reads.load(Relaxed);
         let hits0 = ns.stats.cache_hits.load(Relaxed);
-        let io0 = kernel_read_bytes();
+        let io0 = io_bytes().map(|(read, _)| read);
         let target0 = target_pid.and_then(|p| Sample::take(Some(p)));
         let own0 = Sample::take(None).ok_or("cannot read /proc/self/stat")?;
         let gets = drive(
             &mut core,
             &mut RandomGets {
+                records: RECORDS,
                 digests,
                 n,
+                value_len: VALUE,
                 rng: StdRng::seed_from_u64(SEED),
             },
             depth,
             Some(Instant::now() + Duration::from_secs(seconds)),
-        )?;
+        )?
+        .finished;
         let own1 = Sample::take(None).ok_or("cannot read /proc/self/stat")?;
         let target1 = target_pid.and_then(|p| Sample::take(Some(p)));
-        let io1 = kernel_read_bytes();
+        let io1 = io_bytes().map(|(read, _)| read);
         let cpu = Cpu::between(own0, own1);
         let run = GetRun {
             gets,
@@ -1035,13 +711,16 @@ mod bench {
         let done = drive(
             &mut core,
             &mut Load {
+                records: RECORDS,
                 digests,
                 next: 0,
                 end: n,
+                value: value_bytes,
             },
             depth,
             None,
-        )?;
+        )?
+        .finished;
         if done != n {
             return Err(format!("load: {done} of {n} records acknowledged"));
         }
@@ -1049,20 +728,30 @@ mod bench {
         // Every record's image is one aligned sector: a get reads 4 KiB.
         let unit = u64::from(SECTOR);
         for (key, digest) in digests[..n as usize].iter().enumerate() {
-            let r = ns
-                .index
-                .get(digest)
-                .ok_or_else(|| format!("key {key} is not in the index after the load"))?;
-            let offset = r.location.rblock_id * 16;
-            if r.size_bytes() != IMAGE || offset % unit != 0 {
+            let (offset, size) = record_place(ns, key, digest)?;
+            if size != IMAGE || offset % unit != 0 {
                 return Err(format!(
-                    "key {key}: a {}-byte image at offset {offset}, not one aligned {IMAGE}-byte sector",
-                    r.size_bytes()
+                    "key {key}: a {size}-byte image at offset {offset}, not one aligned {IMAGE}-byte sector"
                 ));
             }
         }
         drop(core);
         Ok(())
+    }
+
+    /// Shuts `ns` down cleanly through a fresh core.
+    fn close(ns: Arc<Namespace>) -> Result<(), String> {
+        shutdown(CoreStorage::new(ns.clone()).map_err(|e| e.to_string())?, ns)
+    }
+
+    /// A warm start that found all `n` records (on `backend`), or a failure.
+    fn expect_warm(kind: StartKind, n: u64, backend: &str) -> Result<(), Stop> {
+        match kind {
+            StartKind::Warm { entries } if entries == n => Ok(()),
+            other => Err(Stop::Fail(format!(
+                "expected a warm start with {n} entries on {backend}: {other:?}"
+            ))),
+        }
     }
 
     // ---- the run ---------------------------------------------------------------
@@ -1151,7 +840,7 @@ mod bench {
                 options.core
             )));
         }
-        let image = image_len(VALUE);
+        let image = RECORDS.image_len(VALUE);
         if image != IMAGE {
             return Err(Stop::Fail(format!(
                 "the records' image is {image} bytes, not {IMAGE}"
@@ -1173,7 +862,10 @@ mod bench {
         let file = work.join("namespace.img");
         let index = index_config(options);
         index.validate().map_err(|e| format!("index config: {e}"))?;
-        let _segments = SegmentsGuard(index.clone());
+        let _segments = SegmentsGuard {
+            program: "spdk-bench",
+            config: index.clone(),
+        };
 
         eprintln!(
             "spdk-bench: {n} records of {IMAGE}-byte images, file {} ({} MiB), queue depth {q}, \
@@ -1186,7 +878,7 @@ mod bench {
         );
         let load_start = loadavg();
         let mut runtime_dirs = RuntimeDirs(Vec::new());
-        let digests = compute_digests(n as usize);
+        let digests = RECORDS.digests(n as usize);
         if !osprey_net::reactor::pin_to_core(options.core) {
             eprintln!("spdk-bench: could not pin to core {}", options.core);
         }
@@ -1206,15 +898,11 @@ mod bench {
         let transport_id = target.transport_id();
         runtime_dirs.0.extend(target.pid());
 
-        eprintln!("spdk-bench: spdk_nvme_perf, first half");
-        let perf_a = run_perf(
-            &perf,
-            libdir.as_deref(),
-            &target,
-            q,
-            perf_secs,
-            options.core,
-        )?;
+        let perf_half = |target: &NvmfTarget, which: &str| {
+            eprintln!("spdk-bench: spdk_nvme_perf, {which} half");
+            run_perf(&perf, libdir.as_deref(), target, q, perf_secs, options.core)
+        };
+        let perf_a = perf_half(&target, "first")?;
         runtime_dirs.0.push(perf_a.pid);
 
         eprintln!("spdk-bench: engine on SPDK: format and load {n} records");
@@ -1242,46 +930,24 @@ mod bench {
         let started = Instant::now();
         load(&ns, &digests, n, q as usize)?;
         let load_s = started.elapsed().as_secs_f64();
-        shutdown(CoreStorage::new(ns.clone()).map_err(|e| e.to_string())?, ns)?;
+        close(ns)?;
 
         eprintln!("spdk-bench: engine on SPDK: warm restart, random gets ({q} in flight)");
         let (ns, kind) = open_namespace(open_spdk()?, &index)?;
-        match kind {
-            StartKind::Warm { entries } if entries == n => {}
-            other => {
-                return Err(Stop::Fail(format!(
-                    "expected a warm start with {n} entries on SPDK: {other:?}"
-                )))
-            }
-        }
+        expect_warm(kind, n, "SPDK")?;
         let spdk = random_gets(&ns, &digests, n, q as usize, secs, target.pid())?;
-        shutdown(CoreStorage::new(ns.clone()).map_err(|e| e.to_string())?, ns)?;
+        close(ns)?;
 
-        eprintln!("spdk-bench: spdk_nvme_perf, second half");
-        let perf_b = run_perf(
-            &perf,
-            libdir.as_deref(),
-            &target,
-            q,
-            perf_secs,
-            options.core,
-        )?;
+        let perf_b = perf_half(&target, "second")?;
         runtime_dirs.0.push(perf_b.pid);
         target.stop();
         drop(target);
 
         eprintln!("spdk-bench: engine on uring over the same file: warm start, random gets");
         let (ns, kind) = open_namespace(uring_device(&file, file_bytes, q + 128)?, &index)?;
-        match kind {
-            StartKind::Warm { entries } if entries == n => {}
-            other => {
-                return Err(Stop::Fail(format!(
-                    "expected a warm start with {n} entries on uring: {other:?}"
-                )))
-            }
-        }
+        expect_warm(kind, n, "uring")?;
         let uring = random_gets(&ns, &digests, n, q as usize, secs, None)?;
-        shutdown(CoreStorage::new(ns.clone()).map_err(|e| e.to_string())?, ns)?;
+        close(ns)?;
 
         // ---- figures ----
         let perf_iops = (perf_a.iops + perf_b.iops) / 2.0;
@@ -1338,28 +1004,15 @@ mod bench {
                 "verified: {n} records loaded through SPDK in {load_s:.2} s, warm restarts on SPDK and then on uring over the same file found all {n}; every get returned its own key's record"
             ),
             format!(
-                "SPDK backend: {} gets, {:.1} k/s, CPU {:.0}% of a core: {:.2} µs user + {:.2} µs system per get; kernel read bytes per get {}; nvmf_tgt (core {}) {}",
-                spdk.gets,
-                spdk.rate / 1e3,
-                spdk.cpu.pct(),
-                spdk_us.0,
-                spdk_us.1,
-                spdk.kernel_read_bytes_per_get.map_or("?".into(), |b| format!("{b:.0}")),
+                "{}; nvmf_tgt (core {}) {}",
+                spdk.note("SPDK"),
                 options.target_core,
                 spdk.target_cpu.map_or("?".into(), |t| {
                     let (_, s, total) = t.per_op_us(spdk.rate);
                     format!("{:.0}% of a core, {total:.2} µs per get ({s:.2} µs system)", t.pct())
                 })
             ),
-            format!(
-                "uring backend: {} gets, {:.1} k/s, CPU {:.0}% of a core: {:.2} µs user + {:.2} µs system per get; kernel read bytes per get {}",
-                uring.gets,
-                uring.rate / 1e3,
-                uring.cpu.pct(),
-                uring_us.0,
-                uring_us.1,
-                uring.kernel_read_bytes_per_get.map_or("?".into(), |b| format!("{b:.0}")),
-            ),
+            uring.note("uring"),
             format!(
                 "spdk_nvme_perf before/after: {:.1} / {:.1} k IOPS, CPU {:.0}% / {:.0}% of a core, average latency {} µs",
                 perf_a.iops / 1e3,

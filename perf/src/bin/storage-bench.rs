@@ -123,22 +123,23 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
+use osprey_perf::flags::{parse_in, parse_number, Usage};
 use osprey_perf::json_string;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use osprey_engine::device::uring::{UringDevice, UringOptions};
-use osprey_engine::device::{Device, IoKind, IoOp, Queue};
-use osprey_engine::index::{IndexConfig, PageMode};
-use osprey_engine::ops::{Op, Request};
-use osprey_engine::record::{BinName, Value};
-use osprey_engine::result::ResultCode;
+use osprey_engine::device::Device;
+use osprey_engine::index::IndexConfig;
 use osprey_engine::storage::core::{CoreStorage, Reply, Transaction};
 use osprey_engine::storage::header::HEADER_REGION_BYTES;
 use osprey_engine::storage::namespace::{system_clock, Namespace, StartKind, StorageConfig};
-use osprey_engine::{Digest, Index, UserKey};
+use osprey_engine::Digest;
+use osprey_perf::engine_load::{
+    self, drive, io_bytes, proc_times, shutdown, uring_device, write_done, Done, DriveStats, Load,
+    RandomGets, Records, SegmentsGuard, Workload, TIMEOUT, USER_HZ,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -148,6 +149,7 @@ const SEED: u64 = 0x05B5_70BE_0000_0001;
 const NAMESPACE: &str = "bench";
 const SET: &str = "bench";
 const BIN: &[u8] = b"v";
+const RECORDS: Records = Records { set: SET, bin: BIN };
 /// Bytes of the image of a read/update record: exactly one 4 KiB I/O unit,
 /// the size of fio's reads in the baseline. A 4 KiB *value* would make a
 /// 4,176-byte image, which no aligned 4 KiB read can cover: the engine would
@@ -182,7 +184,6 @@ const KEY_RANGE: std::ops::Range<u32> = 0x5B00_0000..0x5C00_0000;
 /// The top base whose namespace-1 keys (base + 0x1000..=base + 0x1FFF) stay in range.
 const MAX_KEY_BASE: u32 = KEY_RANGE.end - 0x2000;
 const NAMESPACE_ID: u32 = 1;
-const TIMEOUT: Duration = Duration::from_secs(120);
 
 const USAGE: &str = "usage: storage-bench [--records N] [--dir PATH] [--file-size-mib M] \
 [--queue-depth Q] [--write-cores C] [--seconds S] [--quick] [--json PATH] [--keep] [--shm-key-base K] [--fio PROGRAM]";
@@ -204,21 +205,6 @@ struct Options {
     fio: String,
 }
 
-/// A bad flag (exit code 2), as one line.
-struct Usage(String);
-
-fn parse_number(flag: &str, text: &str) -> Result<u64, Usage> {
-    let clean = text.replace('_', "");
-    let parsed = match clean
-        .strip_prefix("0x")
-        .or_else(|| clean.strip_prefix("0X"))
-    {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => clean.parse(),
-    };
-    parsed.map_err(|_| Usage(format!("{flag}: {text:?} is not a number")))
-}
-
 fn default_key_base() -> u32 {
     KEY_RANGE.start + ((std::process::id() & 0xFF) << 16)
 }
@@ -235,27 +221,11 @@ fn parse_options(args: &[String]) -> Result<Options, Usage> {
     let mut fio = None;
     let mut quick = false;
     let mut keep = false;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        if ["--quick", "--keep", "--help", "-h"].contains(&flag) {
-            if inline.is_some() {
-                return Err(Usage(format!("{flag} takes no value")));
-            }
-            match flag {
-                "--quick" => quick = true,
-                "--keep" => keep = true,
-                _ => {
-                    println!("{USAGE}");
-                    std::process::exit(0);
-                }
-            }
-            continue;
-        }
-        let known = [
+    osprey_perf::flags::parse_args(
+        args,
+        USAGE,
+        &mut [("--quick", &mut quick), ("--keep", &mut keep)],
+        &[
             "--records",
             "--dir",
             "--file-size-mib",
@@ -265,81 +235,62 @@ fn parse_options(args: &[String]) -> Result<Options, Usage> {
             "--json",
             "--shm-key-base",
             "--fio",
-        ];
-        if !known.contains(&flag) {
-            return Err(Usage(format!("unknown argument {arg:?}")));
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it
-                .next()
-                .cloned()
-                .ok_or_else(|| Usage(format!("{flag} needs a value")))?,
-        };
-        match flag {
-            "--records" => {
-                let n = parse_number(flag, &value)?;
-                if !(1_000..=MAX_RECORDS).contains(&n) {
-                    return Err(Usage(format!("{flag}: {n} is not in 1000..={MAX_RECORDS}")));
+        ],
+        |flag, value| {
+            match flag {
+                "--records" => {
+                    let n = parse_in(flag, &value, 1_000..=MAX_RECORDS)?;
+                    records = Some(n);
                 }
-                records = Some(n);
-            }
-            "--dir" => {
-                if value.is_empty() {
-                    return Err(Usage(format!("{flag} needs a directory")));
+                "--dir" => {
+                    if value.is_empty() {
+                        return Err(Usage(format!("{flag} needs a directory")));
+                    }
+                    dir = Some(PathBuf::from(value));
                 }
-                dir = Some(PathBuf::from(value));
-            }
-            "--file-size-mib" => {
-                let mib = parse_number(flag, &value)?;
-                if !(32..=64 << 20).contains(&mib) {
-                    return Err(Usage(format!("{flag}: {mib} is not in 32..=67108864")));
+                "--file-size-mib" => {
+                    let mib = parse_in(flag, &value, 32..=64 << 20)?;
+                    file_size_mib = Some(mib);
                 }
-                file_size_mib = Some(mib);
-            }
-            "--queue-depth" => {
-                let q = parse_number(flag, &value)?;
-                if !(1..=1024).contains(&q) {
-                    return Err(Usage(format!("{flag}: {q} is not in 1..=1024")));
+                "--queue-depth" => {
+                    let q = parse_in(flag, &value, 1..=1024)?;
+                    queue_depth = Some(q as u32);
                 }
-                queue_depth = Some(q as u32);
-            }
-            "--write-cores" => {
-                let c = parse_number(flag, &value)?;
-                if !(1..=64).contains(&c) {
-                    return Err(Usage(format!("{flag}: {c} is not in 1..=64")));
+                "--write-cores" => {
+                    let c = parse_in(flag, &value, 1..=64)?;
+                    write_cores = Some(c as usize);
                 }
-                write_cores = Some(c as usize);
-            }
-            "--seconds" => {
-                let s: f64 = value
-                    .parse()
-                    .map_err(|_| Usage(format!("{flag}: {value:?} is not a number")))?;
-                if !(0.1..=3600.0).contains(&s) {
-                    return Err(Usage(format!("{flag}: {s} is not in 0.1..=3600")));
+                "--seconds" => {
+                    let s: f64 = value
+                        .parse()
+                        .map_err(|_| Usage(format!("{flag}: {value:?} is not a number")))?;
+                    if !(0.1..=3600.0).contains(&s) {
+                        return Err(Usage(format!("{flag}: {s} is not in 0.1..=3600")));
+                    }
+                    seconds = Some(s);
                 }
-                seconds = Some(s);
-            }
-            "--json" => json = Some(PathBuf::from(value)),
-            "--shm-key-base" => {
-                let base = parse_number(flag, &value)?;
-                if !(u64::from(KEY_RANGE.start)..=u64::from(MAX_KEY_BASE)).contains(&base) {
-                    return Err(Usage(format!(
-                        "{flag}: {value} is not in {:#x}..={MAX_KEY_BASE:#x}",
-                        KEY_RANGE.start
-                    )));
+                "--json" => json = Some(PathBuf::from(value)),
+                "--shm-key-base" => {
+                    let base = parse_number(flag, &value)?;
+                    if !(u64::from(KEY_RANGE.start)..=u64::from(MAX_KEY_BASE)).contains(&base) {
+                        return Err(Usage(format!(
+                            "{flag}: {value} is not in {:#x}..={MAX_KEY_BASE:#x}",
+                            KEY_RANGE.start
+                        )));
+                    }
+                    shm_key_base = Some(base as u32);
                 }
-                shm_key_base = Some(base as u32);
-            }
-            "--fio" => {
-                if value.is_empty() {
-                    return Err(Usage(format!("{flag} needs a program")));
+                "--fio" => {
+                    if value.is_empty() {
+                        return Err(Usage(format!("{flag} needs a program")));
+                    }
+                    fio = Some(value);
                 }
-                fio = Some(value);
+                _ => unreachable!("flag list and match disagree"),
             }
-            _ => unreachable!("flag list and match disagree"),
-        }
-    }
+            Ok(())
+        },
+    )?;
     let queue_depth = queue_depth.unwrap_or(32);
     let records = records.unwrap_or(if quick { 6_000 } else { 500_000 });
     if records < 4 * u64::from(queue_depth) {
@@ -398,12 +349,12 @@ struct Layout {
 
 impl Layout {
     fn of(options: &Options) -> Layout {
-        let big_image = image_len(BIG_VALUE);
+        let big_image = RECORDS.image_len(BIG_VALUE);
         assert_eq!(
             big_image, BIG_IMAGE as u64,
             "the read records' image must be exactly one 4 KiB unit"
         );
-        let small_image = image_len(SMALL_VALUE);
+        let small_image = RECORDS.image_len(SMALL_VALUE);
         let big_bytes = options.records * big_image;
         let file_bytes = match options.file_size_mib {
             Some(mib) => mib * MIB,
@@ -433,36 +384,16 @@ impl Layout {
     }
 }
 
-/// Bytes of the image of a bench record with a `value_len`-byte blob.
-fn image_len(value_len: usize) -> u64 {
-    let record = osprey_engine::record::Record {
-        set_name: SET.as_bytes().to_vec(),
-        bins: vec![osprey_engine::record::Bin {
-            name: bin_name(),
-            value: Value::Blob(4, vec![0; value_len]),
-        }],
-        ..Default::default()
-    };
-    record.image_len() as u64
-}
-
-fn bin_name() -> BinName {
-    BinName::new(BIN).expect("a valid bin name")
-}
-
 fn index_config(options: &Options) -> IndexConfig {
-    IndexConfig {
-        namespace_id: NAMESPACE_ID,
-        shm_key_base: options.shm_key_base,
-        pages: PageMode::Auto,
-        sprigs_per_partition: 256,
-        stage_size_bytes: if options.quick { MIB } else { 64 * MIB },
-        max_stages: 128,
-        walk_threads: std::thread::available_parallelism()
+    engine_load::index_config(
+        NAMESPACE_ID,
+        options.shm_key_base,
+        if options.quick { MIB } else { 64 * MIB },
+        std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
             .min(256),
-    }
+    )
 }
 
 fn storage_config(layout: &Layout) -> StorageConfig {
@@ -474,22 +405,6 @@ fn storage_config(layout: &Layout) -> StorageConfig {
 }
 
 // ---- guards ---------------------------------------------------------------
-
-/// Removes the index segments when dropped (early return, panic or not).
-/// Declare it before the namespace it guards: the index must be detached
-/// (dropped) first.
-struct SegmentsGuard(IndexConfig);
-
-impl Drop for SegmentsGuard {
-    fn drop(&mut self) {
-        if let Err(e) = Index::destroy_segments(&self.0) {
-            eprintln!(
-                "storage-bench: could not remove the segments of key base {:#x}: {e}",
-                self.0.shm_key_base
-            );
-        }
-    }
-}
 
 /// Deletes the data file when dropped, unless told to keep it.
 struct FileGuard {
@@ -514,22 +429,9 @@ impl Drop for FileGuard {
 
 // ---- process counters -----------------------------------------------------
 
-/// Fields 14.. of /proc/self/stat: utime, stime, cutime, cstime (ticks).
-fn own_times() -> Option<[u64; 4]> {
-    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state): field k is fields[k - 3].
-    let mut times = [0u64; 4];
-    for (i, t) in times.iter_mut().enumerate() {
-        *t = fields.get(11 + i)?.parse().ok()?;
-    }
-    Some(times)
-}
-
 /// User + system CPU ticks of this process (all threads).
 fn cpu_ticks() -> Option<u64> {
-    own_times().map(|t| t[0] + t[1])
+    proc_times(None).map(|t| t[0] + t[1])
 }
 
 /// Ticks the host spent running processes (user, nice, system) other than
@@ -544,23 +446,9 @@ fn others_ticks() -> Option<u64> {
         .map(|v| v.parse().ok())
         .collect::<Option<_>>()?;
     let busy = cpu.first()? + cpu.get(1)? + cpu.get(2)?;
-    let own: u64 = own_times()?.iter().sum();
+    let own: u64 = proc_times(None)?.iter().sum();
     Some(busy.saturating_sub(own))
 }
-
-/// Bytes this process read from / wrote to storage, from /proc/self/io.
-fn io_bytes() -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/self/io").ok()?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    Some((field("read_bytes:")?, field("write_bytes:")?))
-}
-
-/// Clock ticks per second of /proc/self/stat (USER_HZ, 100 on Linux).
-const USER_HZ: f64 = 100.0;
 
 struct Snapshot {
     at: Instant,
@@ -974,211 +862,12 @@ fn value_bytes(len: usize, key: u64, version: u32) -> Vec<u8> {
     v
 }
 
-fn put_txn(digest: Digest, value: Vec<u8>) -> Transaction {
-    Transaction {
-        request: Request {
-            digest,
-            ops: vec![Op::write(bin_name(), Value::Blob(4, value))],
-            set_name: SET.as_bytes().to_vec(),
-            ..Default::default()
-        },
-        durable_delete: false,
-    }
-}
-
-fn get_txn(digest: Digest) -> Transaction {
-    Transaction {
-        request: Request {
-            digest,
-            read_all_bins: true,
-            set_name: SET.as_bytes().to_vec(),
-            ..Default::default()
-        },
-        durable_delete: false,
-    }
-}
-
-/// The (key, version) a read returned, after checking its shape.
+/// The version a read of key `key` returned, after checking its shape.
 fn read_back(key: u64, len: usize, reply: &Reply) -> Result<u32, String> {
-    if reply.result != ResultCode::Ok {
-        return Err(format!("get of key {key}: {}", reply.result));
-    }
-    let value = reply.bins.iter().find_map(|b| match (&b.name, &b.value) {
-        (Some(name), Some(Value::Blob(4, bytes))) if name.as_bytes() == BIN => Some(bytes),
-        _ => None,
-    });
-    let Some(bytes) = value else {
-        return Err(format!("get of key {key}: no blob bin in {:?}", reply.bins));
-    };
-    if bytes.len() != len {
-        return Err(format!(
-            "get of key {key}: a {}-byte value, {len} written",
-            bytes.len()
-        ));
-    }
-    let found = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-    if found != key {
-        return Err(format!("get of key {key} returned key {found}'s record"));
-    }
+    let bytes = RECORDS.read_back(key, len, reply)?;
     Ok(u32::from_le_bytes(
         bytes[8..12].try_into().expect("4 bytes"),
     ))
-}
-
-enum Done {
-    Finished,
-    /// Submit the same job again (the device was busy).
-    Retry,
-}
-
-trait Workload {
-    type Job: Copy;
-    fn next(&mut self) -> Option<Self::Job>;
-    fn txn(&self, job: Self::Job) -> Transaction;
-    fn done(&mut self, job: Self::Job, reply: &Reply) -> Result<Done, String>;
-}
-
-/// A write's reply: done, or again if the device could not take it now.
-fn write_done(what: &str, key: u64, reply: &Reply) -> Result<Done, String> {
-    match reply.result {
-        ResultCode::Ok => Ok(Done::Finished),
-        ResultCode::DeviceOverload => Ok(Done::Retry),
-        other => Err(format!("{what} of key {key}: {other}")),
-    }
-}
-
-struct DriveStats {
-    finished: u64,
-    retries: u64,
-}
-
-/// Keeps `depth` transactions of `w` in flight on `core` until `w` has no
-/// more (and all are answered), or until `deadline`: then no new ones start
-/// and those in flight finish.
-fn drive<W: Workload>(
-    core: &mut CoreStorage,
-    w: &mut W,
-    depth: usize,
-    deadline: Option<Instant>,
-) -> Result<DriveStats, String> {
-    let mut slots: Vec<Option<W::Job>> = (0..depth).map(|_| None).collect();
-    let mut in_flight = 0usize;
-    for (s, slot) in slots.iter_mut().enumerate() {
-        let Some(job) = w.next() else { break };
-        core.submit(s as u64, w.txn(job));
-        *slot = Some(job);
-        in_flight += 1;
-    }
-    let mut stats = DriveStats {
-        finished: 0,
-        retries: 0,
-    };
-    let mut out = Vec::with_capacity(depth);
-    let mut stopping = false;
-    let mut last_progress = Instant::now();
-    // Retries count as replies: a core refusing every write as retryable
-    // overload forever must end the run too, not spin it.
-    let mut last_finished = Instant::now();
-    let mut idle_polls = 0u32;
-    while in_flight > 0 {
-        // The clock is read only when replies came back (the deadline only
-        // matters then: no new transaction starts otherwise) and every few
-        // thousand idle polls: on a VM a clock read costs about as much as
-        // an idle poll, and the loop used to spend a fifth of its time there.
-        if !core.poll(&mut out) && out.is_empty() {
-            idle_polls += 1;
-            if idle_polls % 4096 == 0 && last_progress.elapsed() > TIMEOUT {
-                return Err(format!(
-                    "{in_flight} transactions made no progress for {TIMEOUT:?}"
-                ));
-            }
-            std::hint::spin_loop();
-            continue;
-        }
-        idle_polls = 0;
-        let now = Instant::now();
-        last_progress = now;
-        if !stopping && deadline.is_some_and(|d| now >= d) {
-            stopping = true;
-        }
-        if now.duration_since(last_finished) > TIMEOUT {
-            return Err(format!(
-                "no transaction finished for {TIMEOUT:?} ({} retries so far)",
-                stats.retries
-            ));
-        }
-        for (id, reply) in out.drain(..) {
-            let s = id as usize;
-            let job = slots
-                .get_mut(s)
-                .and_then(Option::take)
-                .ok_or_else(|| format!("a reply for transaction {id}, which is not in flight"))?;
-            match w.done(job, &reply)? {
-                Done::Retry => {
-                    stats.retries += 1;
-                    core.submit(id, w.txn(job));
-                    slots[s] = Some(job);
-                    continue;
-                }
-                Done::Finished => {
-                    stats.finished += 1;
-                    last_finished = now;
-                }
-            }
-            match if stopping { None } else { w.next() } {
-                Some(next) => {
-                    core.submit(id, w.txn(next));
-                    slots[s] = Some(next);
-                }
-                None => in_flight -= 1,
-            }
-        }
-    }
-    Ok(stats)
-}
-
-/// Writes keys `range` once, with version 0.
-struct Load<'a> {
-    digests: &'a [Digest],
-    next: u64,
-    end: u64,
-}
-
-impl Workload for Load<'_> {
-    type Job = u64;
-    fn next(&mut self) -> Option<u64> {
-        (self.next < self.end).then(|| {
-            self.next += 1;
-            self.next - 1
-        })
-    }
-    fn txn(&self, key: u64) -> Transaction {
-        put_txn(self.digests[key as usize], value_bytes(BIG_VALUE, key, 0))
-    }
-    fn done(&mut self, key: u64, reply: &Reply) -> Result<Done, String> {
-        write_done("load", key, reply)
-    }
-}
-
-/// Uniformly random gets of keys 0..n.
-struct RandomGets<'a> {
-    digests: &'a [Digest],
-    n: u64,
-    rng: StdRng,
-}
-
-impl Workload for RandomGets<'_> {
-    type Job = u64;
-    fn next(&mut self) -> Option<u64> {
-        Some(self.rng.gen_range(0..self.n))
-    }
-    fn txn(&self, key: u64) -> Transaction {
-        get_txn(self.digests[key as usize])
-    }
-    fn done(&mut self, key: u64, reply: &Reply) -> Result<Done, String> {
-        read_back(key, BIG_VALUE, reply)?;
-        Ok(Done::Finished)
-    }
 }
 
 /// 1 KiB writes cycling over keys `first..first + count`; the value carries
@@ -1200,7 +889,7 @@ impl Workload for CyclicWrites<'_> {
         Some((self.first + u64::from(seq) % self.count, seq))
     }
     fn txn(&self, (key, seq): (u64, u32)) -> Transaction {
-        put_txn(
+        RECORDS.put_txn(
             self.digests[key as usize],
             value_bytes(SMALL_VALUE, key, seq),
         )
@@ -1251,8 +940,8 @@ impl Workload for Mix<'_> {
     }
     fn txn(&self, job: MixJob) -> Transaction {
         match job {
-            MixJob::Get(key) => get_txn(self.digests[key as usize]),
-            MixJob::Update(key, version) => put_txn(
+            MixJob::Get(key) => RECORDS.get_txn(self.digests[key as usize]),
+            MixJob::Update(key, version) => RECORDS.put_txn(
                 self.digests[key as usize],
                 value_bytes(BIG_VALUE, key, version),
             ),
@@ -1306,7 +995,7 @@ impl Workload for Verify<'_> {
         })
     }
     fn txn(&self, i: usize) -> Transaction {
-        get_txn(self.digests[self.keys[i].0 as usize])
+        RECORDS.get_txn(self.digests[self.keys[i].0 as usize])
     }
     fn done(&mut self, i: usize, reply: &Reply) -> Result<Done, String> {
         let (key, len, want) = self.keys[i];
@@ -1320,38 +1009,11 @@ impl Workload for Verify<'_> {
     }
 }
 
-fn compute_digests(n: usize) -> Vec<Digest> {
-    let mut keys = vec![Digest::default(); n];
-    let threads = std::thread::available_parallelism()
-        .map(|t| t.get())
-        .unwrap_or(1);
-    let chunk = n.div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        for (c, slice) in keys.chunks_mut(chunk).enumerate() {
-            scope.spawn(move || {
-                for (j, d) in slice.iter_mut().enumerate() {
-                    *d = Digest::compute(SET, &UserKey::Integer((c * chunk + j) as i64));
-                }
-            });
-        }
-    });
-    keys
-}
-
 // ---- namespace helpers ----------------------------------------------------
 
 fn open_device(path: &Path, layout: &Layout, queue_depth: u32) -> Result<Arc<dyn Device>, String> {
-    let device = UringDevice::open(
-        path,
-        &UringOptions {
-            file_size_bytes: Some(layout.file_bytes),
-            // Reads in flight, plus the write backlog's 1 MiB writes.
-            queue_depth: queue_depth + 128,
-            max_io_bytes: 8 << 20,
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(Arc::new(device))
+    // Reads in flight, plus the write backlog's 1 MiB writes.
+    uring_device(path, layout.file_bytes, queue_depth + 128)
 }
 
 fn open_namespace(
@@ -1401,74 +1063,11 @@ fn new_core(ns: &Arc<Namespace>) -> Result<CoreStorage, String> {
     CoreStorage::new(ns.clone()).map_err(|e| e.to_string())
 }
 
-/// Flushes the core and shuts the namespace down cleanly.
-fn shutdown(mut core: CoreStorage, ns: Arc<Namespace>) -> Result<(), String> {
-    core.flush_all(TIMEOUT)?;
-    drop(core);
-    Arc::try_unwrap(ns)
-        .map_err(|_| "the namespace is still shared at shutdown".to_string())?
-        .shutdown()
-        .map_err(|e| format!("shutdown: {e}"))?;
-    Ok(())
-}
-
 /// Writes the whole file once with zeros (1 MiB direct writes, 4 in flight).
 fn prefill(path: &Path, layout: &Layout) -> Result<Duration, String> {
     let device = open_device(path, layout, 8)?;
-    let mut queue: Box<dyn Queue> = device.open_queue().map_err(|e| e.to_string())?;
-    let size = device.info().size_bytes;
     let started = Instant::now();
-    let mut next = 0u64;
-    let mut in_flight = 0usize;
-    let mut free = Vec::new();
-    let mut done = Vec::new();
-    let mut last_progress = Instant::now();
-    while next < size || in_flight > 0 {
-        while next < size && in_flight < SEQ_WRITE_DEPTH as usize {
-            let len = MIB.min(size - next) as usize;
-            let buffer = match free.pop() {
-                Some(b) => b,
-                None => device
-                    .alloc_buffer(MIB as usize)
-                    .map_err(|e| e.to_string())?,
-            };
-            let mut buffer = buffer;
-            buffer.set_len(len);
-            let op = IoOp {
-                kind: IoKind::Write,
-                offset: next,
-                buffer,
-                token: next,
-            };
-            match queue.submit(op) {
-                Ok(()) => {
-                    next += len as u64;
-                    in_flight += 1;
-                }
-                Err(osprey_engine::device::SubmitError::Full(op)) => {
-                    free.push(op.buffer);
-                    break;
-                }
-                Err(osprey_engine::device::SubmitError::Invalid(_, e)) => {
-                    return Err(format!("prefill: {e}"))
-                }
-            }
-        }
-        done.clear();
-        if queue.poll(&mut done, usize::MAX) == 0 {
-            if last_progress.elapsed() > TIMEOUT {
-                return Err("prefill: writes stalled".into());
-            }
-            std::thread::yield_now();
-            continue;
-        }
-        last_progress = Instant::now();
-        for c in done.drain(..) {
-            in_flight -= 1;
-            c.result.map_err(|e| format!("prefill: {e}"))?;
-            free.push(c.buffer);
-        }
-    }
+    engine_load::prefill(&*device, SEQ_WRITE_DEPTH as usize)?;
     Ok(started.elapsed())
 }
 
@@ -1724,7 +1323,10 @@ fn run(options: &Options) -> Result<(), String> {
     };
     let index = index_config(options);
     index.validate().map_err(|e| format!("index config: {e}"))?;
-    let _segments = SegmentsGuard(index.clone());
+    let _segments = SegmentsGuard {
+        program: "storage-bench",
+        config: index.clone(),
+    };
 
     match &run.fio {
         Some(f) => eprintln!("storage-bench: {} found", f.version),
@@ -1740,7 +1342,7 @@ fn run(options: &Options) -> Result<(), String> {
         run.layout.file_bytes / MIB
     );
     eprintln!("storage-bench: computing {total_keys} digests (not timed)");
-    let digests = compute_digests(total_keys as usize);
+    let digests = RECORDS.digests(total_keys as usize);
     let others_before = (Instant::now(), others_ticks());
 
     // 0. Prefill.
@@ -1779,9 +1381,11 @@ fn run(options: &Options) -> Result<(), String> {
     let loaded = drive(
         &mut core,
         &mut Load {
+            records: RECORDS,
             digests: &digests,
             next: 0,
             end: n,
+            value: |key| value_bytes(BIG_VALUE, key, 0),
         },
         q,
         None,
@@ -1792,15 +1396,11 @@ fn run(options: &Options) -> Result<(), String> {
     let unit = u64::from(ns.devices[0].device.info().min_io_bytes);
     let (mut span_sum, mut data_end, mut image_sum) = (0u64, 0u64, 0u64);
     for (key, digest) in digests[..n as usize].iter().enumerate() {
-        let r = ns
-            .index
-            .get(digest)
-            .ok_or_else(|| format!("key {key} is not in the index after the load"))?;
-        let offset = r.location.rblock_id * 16;
-        let end = offset + r.size_bytes();
+        let (offset, size) = engine_load::record_place(&ns, key, digest)?;
+        let end = offset + size;
         span_sum += end.div_ceil(unit) * unit - offset / unit * unit;
         data_end = data_end.max(end.div_ceil(unit) * unit);
-        image_sum += r.size_bytes();
+        image_sum += size;
     }
     if image_sum != n * run.layout.big_image {
         return Err(format!(
@@ -1861,8 +1461,10 @@ fn run(options: &Options) -> Result<(), String> {
     let gets = drive(
         &mut core,
         &mut RandomGets {
+            records: RECORDS,
             digests: &digests,
             n,
+            value_len: BIG_VALUE,
             rng: StdRng::seed_from_u64(SEED),
         },
         q,

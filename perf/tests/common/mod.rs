@@ -1,6 +1,7 @@
-//! What the perf tests that start a real ospreyd share: a bounded wait
-//! for a child process, building ospreyd in the test's own profile, and
-//! listing System V segments in a key range.
+//! What the perf tests share: starting a child process with piped output
+//! and waiting for it within a bound, building ospreyd in the test's own
+//! profile, a temporary directory removed on drop, and listing System V
+//! segments in a key range.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,27 @@ use serde_json::Value;
 
 /// Building ospreyd may compile the whole server first.
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Starts `command` with stdin from /dev/null and stdout and stderr
+/// piped; panics, naming `what`, if it cannot start.
+pub fn spawn_piped(command: &mut Command, what: &str) -> Child {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// A temporary directory, removed when dropped (also when an assertion
+/// fails).
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// Waits for `child` at most `limit`, reading its output meanwhile. Past
 /// the limit: SIGTERM (by pid), 30 s more, then SIGKILL; returns `None`.
@@ -83,14 +105,12 @@ pub fn build_ospreyd() -> PathBuf {
     if profile_dir().file_name().and_then(|n| n.to_str()) == Some("release") {
         args.push("--release");
     }
-    let child = Command::new(env!("CARGO"))
-        .args(&args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run cargo build");
+    let child = spawn_piped(
+        Command::new(env!("CARGO"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
+        "run cargo build",
+    );
     let out = wait_bounded(child, BUILD_TIMEOUT)
         .unwrap_or_else(|| panic!("cargo build of ospreyd took over {BUILD_TIMEOUT:?}"));
     assert!(
