@@ -9,7 +9,9 @@
 #                   4 KiB-record gets vs fio randread 4k at the same queue
 #                   depth on the same file; sustained 1 KiB writes vs fio
 #                   1 MiB sequential writes (its cold-scan and warm-start rows
-#                   come along).
+#                   come along). A full run reserves 1.2 GiB of hugepages
+#                   for the engine's index when run as root, as deployed,
+#                   and releases them after.
 #  2. redis         perf/compare/redis.sh: ospreyd + osprey-bench vs
 #                   redis-server + redis-benchmark (requests/s, requests per
 #                   server CPU-second, p50/p99).
@@ -336,8 +338,16 @@ device_limit() {
   [ -n "$sb_base" ] || { status device_limit failed "no free shm key slot for storage-bench"; return 0; }
   local args=(--dir "$work" --json "$work/results/storage-bench.json" --shm-key-base "$(printf '0x%08X' "$sb_base")")
   [ "$quick" = 1 ] && args+=(--quick)
+  # The index as deployed: on hugepages (design: "the index in hugepage
+  # shared memory"). A full run reserves 1.2 GiB for it when it can (root)
+  # and gives them back after; storage-bench's notes say which pages the
+  # index got. (The quick run leaves the host's pages alone.)
+  local hp=0 saved_skip=$spdk_skip
+  if [ "$quick" = 0 ] && reserve_hugepages 1200; then hp=1; fi
+  spdk_skip=$saved_skip
   bounded "$step_limit" taskset -c 0 "$bin_dir/storage-bench" "${args[@]}" > "$work/storage-bench.txt" 2>&1 || rc=$?
   remove_segments "$sb_base"
+  [ "$hp" = 1 ] && release_hugepages
   rm -f "$work"/storage-bench-*.dat
   if [ "$rc" = 0 ]; then
     sed -n '/^figure/,$p' "$work/storage-bench.txt" | grep -v '^storage-bench:'

@@ -1436,9 +1436,14 @@ fn run(options: &Options) -> Result<(), String> {
         other => return Err(format!("expected a warm start with {n} entries: {other:?}")),
     }
     run.note(format!(
-        "verified warm start: {n} index entries attached and walked in {:.3} s (projected to 10M records: {:.3} s)",
+        "verified warm start: {n} index entries attached and walked in {:.3} s (projected to 10M records: {:.3} s); index on {}",
         warm_time.as_secs_f64(),
-        warm_time.as_secs_f64() * WARM_TARGET_RECORDS / n as f64
+        warm_time.as_secs_f64() * WARM_TARGET_RECORDS / n as f64,
+        if ns.index.stats().huge_pages {
+            "hugepages"
+        } else {
+            "normal pages (no hugepages reserved: scripts/setup-hugepages.sh)"
+        }
     ));
 
     // 4. Random reads: fio 4k for half the time before the engine and half
