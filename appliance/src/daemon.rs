@@ -159,16 +159,19 @@ pub fn run(path: &Path, stop_signal: Arc<AtomicBool>) -> Result<(), DaemonError>
         let mut storage_config = ns_config.storage_config();
         let progress = Arc::new(ScanProgress::default());
         storage_config.scan_progress = Some(progress.clone());
-        let done = AtomicBool::new(false);
+        // Dropping the sender ends the reporter at once (it used to poll a
+        // flag every 50 ms, and every start, warm ones too, waited for it).
+        let (done, finished) = std::sync::mpsc::channel::<()>();
         let opened = std::thread::scope(|scope| {
-            scope.spawn(|| report_scan_progress(&ns_config.name, &progress, &done));
+            let (name, progress) = (&ns_config.name, &progress);
+            scope.spawn(move || report_scan_progress(name, progress, finished));
             let opened = Namespace::open(
                 storage_config,
                 &ns_config.index_config(ns_config.namespace_id),
                 devices,
                 Arc::new(system_clock),
             );
-            done.store(true, Relaxed);
+            drop(done);
             opened
         });
         let (ns, kind) =
@@ -346,13 +349,19 @@ pub fn run(path: &Path, stop_signal: Arc<AtomicBool>) -> Result<(), DaemonError>
 /// How often a cold start says how far its device scan got.
 const SCAN_PROGRESS_EVERY: Duration = Duration::from_secs(3);
 
-/// Logs a cold scan's progress every few seconds until `done`.
-fn report_scan_progress(namespace: &str, progress: &ScanProgress, done: &AtomicBool) {
+/// Logs a cold scan's progress every few seconds until `finished` says the
+/// start is over (its sender is dropped).
+fn report_scan_progress(
+    namespace: &str,
+    progress: &ScanProgress,
+    finished: std::sync::mpsc::Receiver<()>,
+) {
     let mut next = Instant::now() + SCAN_PROGRESS_EVERY;
-    while !done.load(Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
-        if Instant::now() < next {
-            continue;
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        match finished.recv_timeout(wait) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
         }
         next += SCAN_PROGRESS_EVERY;
         let (records, devices) = progress.snapshot();

@@ -62,6 +62,7 @@
 #
 # The server runs on core 1 and every client (osprey-bench, fio is the
 # device's own limit and runs where the server ran) on core 0, with taskset.
+# storage-bench (no server) is not pinned: its write phase uses every core.
 # Shared-memory keys: a free slot in 0x5E000000..0x60000000 per ospreyd
 # instance; every segment in it is removed. spdk-bench: a free base
 # 0x5A008000 + n << 16 (its keys are base + 0x1000..0x1FFF, clear of
@@ -345,7 +346,9 @@ device_limit() {
   local hp=0 saved_skip=$spdk_skip
   if [ "$quick" = 0 ] && reserve_hugepages 1200; then hp=1; fi
   spdk_skip=$saved_skip
-  bounded "$step_limit" taskset -c 0 "$bin_dir/storage-bench" "${args[@]}" > "$work/storage-bench.txt" 2>&1 || rc=$?
+  # Not pinned: its sustained-write phase runs one storage core per CPU
+  # core (--write-cores), as ospreyd would; its other phases use one.
+  bounded "$step_limit" "$bin_dir/storage-bench" "${args[@]}" > "$work/storage-bench.txt" 2>&1 || rc=$?
   remove_segments "$sb_base"
   [ "$hp" = 1 ] && release_hugepages
   rm -f "$work"/storage-bench-*.dat

@@ -660,17 +660,44 @@ impl Namespace {
     fn cold_scan(&self) -> Result<ScanSummary, StartError> {
         let started = Instant::now();
         let totals = Mutex::new(ScanSummary::default());
-        let next_device = AtomicU64::new(0);
+        let next_job = AtomicU64::new(0);
         let failure = Mutex::new(None::<String>);
-        let threads = self.config.scan_threads.clamp(1, self.devices.len());
+        let threads = self.config.scan_threads.max(1);
+        // Jobs: every device, and with more threads than devices each device
+        // cut into as many contiguous runs of blocks as it gets threads. A
+        // scan is CPU-bound on index inserts long before the device is busy
+        // (storage-bench: one thread at 100% of a core, fio 1.5x faster),
+        // and the outcome does not depend on the order images are offered
+        // in: the newest image wins whichever comes first.
+        let per_device = (threads / self.devices.len()).max(1) as u32;
+        // A device's runs share its read depth: SCAN_DEPTH in flight per
+        // device however many threads scan it.
+        let depth = (SCAN_DEPTH / per_device as usize).max(1);
+        let mut jobs = Vec::new();
+        for (d, slot) in self.devices.iter().enumerate() {
+            let count = slot.wblocks.count();
+            let step = count.div_ceil(per_device).max(1);
+            let mut first = 0;
+            while first < count {
+                jobs.push((d, first..(first + step).min(count)));
+                first += step;
+            }
+            if let Some(p) = &self.config.scan_progress {
+                let wb_bytes = u64::from(self.config.write_block_bytes);
+                p.start_device(d, &slot.device.info().name, u64::from(count) * wb_bytes);
+            }
+        }
         std::thread::scope(|scope| {
-            for _ in 0..threads {
+            for _ in 0..threads.min(jobs.len()) {
                 scope.spawn(|| loop {
-                    let d = next_device.fetch_add(1, Relaxed) as usize;
-                    if d >= self.devices.len() {
+                    let j = next_job.fetch_add(1, Relaxed) as usize;
+                    let Some((d, blocks)) = jobs.get(j).cloned() else {
+                        return;
+                    };
+                    if lock(&failure).is_some() {
                         return;
                     }
-                    match self.scan_device(d) {
+                    match self.scan_device(d, blocks, depth) {
                         Ok(s) => {
                             let mut t = lock(&totals);
                             t.records_read += s.records_read;
@@ -702,17 +729,22 @@ impl Namespace {
         Ok(summary)
     }
 
-    /// Reads every write block of device `d` and offers its records to the
-    /// index, newest image winning.
-    fn scan_device(&self, d: usize) -> Result<ScanSummary, String> {
+    /// Reads write blocks `blocks` of device `d` and offers their records to
+    /// the index, newest image winning.
+    fn scan_device(
+        &self,
+        d: usize,
+        blocks: std::ops::Range<u32>,
+        depth: usize,
+    ) -> Result<ScanSummary, String> {
         let slot = &self.devices[d];
         let info = slot.device.info().clone();
         let wb_bytes = self.config.write_block_bytes as usize;
         let unit = info.min_io_bytes as usize;
         let mut queue: Box<dyn Queue> = slot.device.open_queue().map_err(|e| e.to_string())?;
         let mut summary = ScanSummary::default();
-        let count = slot.wblocks.count();
-        let mut next = 0u32;
+        let count = blocks.end;
+        let mut next = blocks.start;
         let mut in_flight = 0usize;
         let mut free_buffers = Vec::new();
         let mut done = Vec::new();
@@ -720,11 +752,8 @@ impl Namespace {
         // longer than that to scan in all).
         let mut deadline = Instant::now() + START_IO_TIMEOUT;
         let progress = self.config.scan_progress.clone();
-        if let Some(p) = &progress {
-            p.start_device(d, &info.name, u64::from(count) * wb_bytes as u64);
-        }
         while next < count || in_flight > 0 {
-            while next < count && in_flight < SCAN_DEPTH {
+            while next < count && in_flight < depth {
                 let buffer = match free_buffers.pop() {
                     Some(b) => b,
                     None => slot

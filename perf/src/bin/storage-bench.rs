@@ -1376,6 +1376,8 @@ fn run(options: &Options) -> Result<(), String> {
     if !matches!(kind, StartKind::Cold { .. }) {
         return Err(format!("a fresh file must start cold: {kind:?}"));
     }
+    // Known for segments this process created (an attach cannot tell).
+    let index_huge = ns.index.stats().huge_pages;
     let mut core = new_core(&ns)?;
     let before = Snapshot::take(&ns);
     let loaded = drive(
@@ -1439,7 +1441,7 @@ fn run(options: &Options) -> Result<(), String> {
         "verified warm start: {n} index entries attached and walked in {:.3} s (projected to 10M records: {:.3} s); index on {}",
         warm_time.as_secs_f64(),
         warm_time.as_secs_f64() * WARM_TARGET_RECORDS / n as f64,
-        if ns.index.stats().huge_pages {
+        if index_huge {
             "hugepages"
         } else {
             "normal pages (no hugepages reserved: scripts/setup-hugepages.sh)"
