@@ -1456,38 +1456,16 @@ fn fuzz(seed_base: u64) {
 
 /// One memory device, its namespace config and index config, for the
 /// targeted tests below.
-struct Fixture {
-    index: IndexConfig,
-    _guard: SegmentsGuard,
-    mem: MemoryDevice,
-    config: StorageConfig,
-}
+type Fixture = common::MemoryFixture;
 
-impl Fixture {
-    fn new() -> Fixture {
-        let mut config = StorageConfig::new("test");
-        config.write_block_bytes = 128 << 10;
-        config.flush_max_ms = 1;
-        config.post_write_cache_blocks = 4;
-        let index = small_config(16);
-        Fixture {
-            _guard: SegmentsGuard(index.clone()),
-            index,
-            mem: MemoryDevice::new("mem0", 16 * MIB, 4096, 64),
-            config,
-        }
-    }
-
-    fn open(&self) -> (CoreStorage, StartKind) {
-        let (ns, kind) = Namespace::open(
-            self.config.clone(),
-            &self.index,
-            vec![Arc::new(self.mem.clone()) as Arc<dyn Device>],
-            Arc::new(system_clock),
-        )
-        .expect("start");
-        (CoreStorage::new(Arc::new(ns)).unwrap(), kind)
-    }
+/// The targeted tests' fixture: 128 KiB write blocks, a 1 ms flush timer,
+/// 4 cached blocks.
+fn fixture() -> Fixture {
+    let mut config = StorageConfig::new("test");
+    config.write_block_bytes = 128 << 10;
+    config.flush_max_ms = 1;
+    config.post_write_cache_blocks = 4;
+    Fixture::new(config)
 }
 
 fn put_a(a: i64) -> Action {
@@ -1515,7 +1493,7 @@ fn put_a(a: i64) -> Action {
 /// two, and a few quick writes put a key's time that far ahead.)
 #[test]
 fn a_key_recreated_after_a_plain_delete_and_a_restart_survives_a_cold_start() {
-    let fx = Fixture::new();
+    let fx = fixture();
     let (mut core, _) = fx.open();
     for i in 0..3000 {
         assert_eq!(core.run(transaction(7, &put_a(i))).result, ResultCode::Ok);
@@ -1610,7 +1588,7 @@ fn cache_seed(first: bool, second: bool) -> u64 {
 /// nothing but a header write flushes the drive).
 #[test]
 fn a_record_lost_in_a_power_cut_stays_lost_after_the_next_one() {
-    let fx = Fixture::new();
+    let fx = fixture();
     let block0 = 8 * MIB; // the first write block, after the header region
     let sector = 4096u64;
     let (mut core, _) = fx.open();
@@ -1706,7 +1684,7 @@ fn a_record_lost_in_a_power_cut_stays_lost_after_the_next_one() {
 /// key 1's stale image — which the scan then reads as live.
 #[test]
 fn a_failed_commit_found_absent_after_a_power_cut_stays_absent_after_the_next_one() {
-    let mut fx = Fixture::new();
+    let mut fx = fixture();
     fx.config.commit_to_device = true;
     // No defrag: it would take free blocks out of order.
     fx.config.defrag_lwm_pct = 0;
@@ -1873,7 +1851,7 @@ fn a_failed_commit_found_absent_after_a_power_cut_stays_absent_after_the_next_on
 fn a_reused_block_never_shares_a_life_with_the_images_a_scan_could_not_see() {
     use osprey_engine::record::image_life;
     use osprey_engine::storage::namespace::LIVES_PER_RUN;
-    let fx = Fixture::new();
+    let fx = fixture();
     let block0 = 8 * MIB;
     let sector = 4096u64;
     let life_at = |offset: u64| image_life(&fx.mem.durable_bytes(offset..offset + 64)).unwrap();
@@ -1977,7 +1955,7 @@ fn a_reused_block_never_shares_a_life_with_the_images_a_scan_could_not_see() {
 #[test]
 fn a_failed_defrag_write_neither_wedges_the_core_nor_loses_the_moved_records() {
     use osprey_engine::device::IoKind;
-    let mut fx = Fixture::new();
+    let mut fx = fixture();
     fx.config.defrag_lwm_pct = 50;
     let (mut core, _) = fx.open();
     // Fill write block 0 and part of block 1, durably.

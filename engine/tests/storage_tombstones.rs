@@ -8,15 +8,14 @@
 
 mod common;
 
-use common::{clean_shutdown, demo_delete, demo_digest, demo_get, small_config, SegmentsGuard};
-use osprey_engine::device::memory::{Faults, MemoryDevice};
-use osprey_engine::device::{Device, IoKind};
-use osprey_engine::index::IndexConfig;
+use common::{clean_shutdown, demo_delete, demo_digest, demo_get};
+use osprey_engine::device::memory::Faults;
+use osprey_engine::device::IoKind;
 use osprey_engine::ops::{Op, Request};
 use osprey_engine::record::{BinName, Value};
 use osprey_engine::result::ResultCode;
 use osprey_engine::storage::core::{CoreStorage, Reply, Transaction};
-use osprey_engine::storage::namespace::{system_clock, Namespace, StartKind, StorageConfig};
+use osprey_engine::storage::namespace::{Namespace, StartKind, StorageConfig};
 use osprey_engine::storage::supervisor::{TombRaiderConfig, TombRaiderReport};
 use osprey_engine::storage::wblocks::WblockState;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,40 +26,20 @@ const MIB: u64 = 1 << 20;
 /// Write blocks of 128 KiB: a 16 MiB device has 64 of them.
 const WBLOCK: u32 = 128 << 10;
 
-struct Fixture {
-    index: IndexConfig,
-    _guard: SegmentsGuard,
-    mem: MemoryDevice,
-    config: StorageConfig,
+type Fixture = common::MemoryFixture;
+
+/// The fixture with 128 KiB write blocks (64 on the device), a 1 ms flush
+/// timer and 2 cached blocks, then `configure`.
+fn fixture(configure: impl FnOnce(&mut StorageConfig)) -> Fixture {
+    let mut config = StorageConfig::new("test");
+    config.write_block_bytes = WBLOCK;
+    config.flush_max_ms = 1;
+    config.post_write_cache_blocks = 2;
+    configure(&mut config);
+    Fixture::new(config)
 }
 
 impl Fixture {
-    fn new(configure: impl FnOnce(&mut StorageConfig)) -> Fixture {
-        let index = small_config(16);
-        let mut config = StorageConfig::new("test");
-        config.write_block_bytes = WBLOCK;
-        config.flush_max_ms = 1;
-        config.post_write_cache_blocks = 2;
-        configure(&mut config);
-        Fixture {
-            _guard: SegmentsGuard(index.clone()),
-            index,
-            mem: MemoryDevice::new("mem0", 16 * MIB, 4096, 64),
-            config,
-        }
-    }
-
-    fn open(&self) -> (CoreStorage, StartKind) {
-        let (ns, kind) = Namespace::open(
-            self.config.clone(),
-            &self.index,
-            vec![Arc::new(self.mem.clone()) as Arc<dyn Device>],
-            Arc::new(system_clock),
-        )
-        .expect("start");
-        (CoreStorage::new(Arc::new(ns)).unwrap(), kind)
-    }
-
     /// Everything written reaches the device, then the process "dies": no
     /// clean shutdown, so the next start is a cold scan of the device.
     fn crash_and_restart(&self, mut core: CoreStorage) -> CoreStorage {
@@ -149,7 +128,7 @@ fn assert_deleted(core: &mut CoreStorage, n: u64, when: &str) {
 
 #[test]
 fn a_tombstone_hiding_an_image_on_flash_is_kept_and_the_key_stays_deleted() {
-    let fx = Fixture::new(|_| {});
+    let fx = fixture(|_| {});
     let (mut core, _) = fx.open();
     assert_eq!(core.run(put(1, 1, 100)).result, ResultCode::Ok);
     core.flush_all(Duration::from_secs(10)).unwrap();
@@ -184,7 +163,7 @@ fn an_older_image_still_in_a_write_buffer_keeps_the_tombstone() {
     // read only the device would find nothing older and reclaim the
     // tombstone; the buffer is written later, and a cold start whose
     // tombstone image is gone would bring the record back.
-    let mut fx = Fixture::new(|c| c.flush_max_ms = 60_000);
+    let mut fx = fixture(|c| c.flush_max_ms = 60_000);
     let (mut core, _) = fx.open();
     assert_eq!(core.run(put(1, 1, 100)).result, ResultCode::Ok);
     assert_eq!(core.run(demo_delete(1, true)).result, ResultCode::Ok);
@@ -207,7 +186,7 @@ fn an_older_image_still_in_a_write_buffer_keeps_the_tombstone() {
 #[test]
 fn a_tombstone_goes_only_once_the_free_block_holding_the_old_image_is_reused() {
     // Blocks free the moment they empty, with no defrag in between.
-    let fx = Fixture::new(|c| c.defrag_lwm_pct = 0);
+    let fx = fixture(|c| c.defrag_lwm_pct = 0);
     let (mut core, _) = fx.open();
     let ns = core.namespace().clone();
     // Key 1 and fillers 100.. in the first block, then more fillers until
@@ -272,7 +251,7 @@ fn a_tombstone_goes_only_once_the_free_block_holding_the_old_image_is_reused() {
 
 #[test]
 fn a_device_error_or_a_stop_reclaims_nothing() {
-    let fx = Fixture::new(|_| {});
+    let fx = fixture(|_| {});
     let (mut core, _) = fx.open();
     let ns = core.namespace().clone();
     assert_eq!(core.run(put(1, 1, 100)).result, ResultCode::Ok);
@@ -352,7 +331,7 @@ fn a_reclaimable_tombstone(fx: &Fixture) -> CoreStorage {
 
 #[test]
 fn a_key_re_created_during_a_pass_is_not_lost() {
-    let fx = Fixture::new(|_| {});
+    let fx = fixture(|_| {});
     let core = std::cell::RefCell::new(a_reclaimable_tombstone(&fx));
     let ns = core.borrow().namespace().clone();
     // The pass has marked the tombstone when it asks whether to stop for
@@ -385,7 +364,7 @@ fn a_key_re_created_during_a_pass_is_not_lost() {
 
 #[test]
 fn a_tombstone_moved_by_defrag_during_a_pass_is_still_reclaimed_safely() {
-    let fx = Fixture::new(|_| {});
+    let fx = fixture(|_| {});
     let core = std::cell::RefCell::new(a_reclaimable_tombstone(&fx));
     let ns = core.borrow().namespace().clone();
     let location = || ns.index.get(&demo_digest(1)).unwrap().location;
@@ -456,7 +435,7 @@ impl Drop for Raider {
 /// after a crash and cold start and after a clean warm restart.
 #[test]
 fn passes_racing_re_creates_deletes_and_defrag_lose_nothing_and_resurrect_nothing() {
-    let fx = Fixture::new(|c| c.defrag_lwm_pct = 60);
+    let fx = fixture(|c| c.defrag_lwm_pct = 60);
     let (mut core, _) = fx.open();
     let ns = core.namespace().clone();
     const KEYS: u64 = 24;

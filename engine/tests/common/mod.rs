@@ -131,3 +131,37 @@ pub fn clean_shutdown(mut core: CoreStorage) {
         .shutdown()
         .unwrap();
 }
+
+/// One 16 MiB memory device (4 KiB units, 64-deep queue), a namespace
+/// config and a small index config with its segments guard: the fixture of
+/// tests that stop and start one namespace again and again.
+pub struct MemoryFixture {
+    pub index: IndexConfig,
+    pub _guard: SegmentsGuard,
+    pub mem: MemoryDevice,
+    pub config: osprey_engine::storage::namespace::StorageConfig,
+}
+
+impl MemoryFixture {
+    pub fn new(config: osprey_engine::storage::namespace::StorageConfig) -> MemoryFixture {
+        let index = small_config(16);
+        MemoryFixture {
+            _guard: SegmentsGuard(index.clone()),
+            index,
+            mem: MemoryDevice::new("mem0", 16 * MIB, 4096, 64),
+            config,
+        }
+    }
+
+    /// Starts the namespace on the device (warm or cold, as it finds it).
+    pub fn open(&self) -> (CoreStorage, osprey_engine::storage::namespace::StartKind) {
+        let (ns, kind) = osprey_engine::storage::namespace::Namespace::open(
+            self.config.clone(),
+            &self.index,
+            vec![Arc::new(self.mem.clone()) as Arc<dyn Device>],
+            Arc::new(osprey_engine::storage::namespace::system_clock),
+        )
+        .expect("start");
+        (CoreStorage::new(Arc::new(ns)).unwrap(), kind)
+    }
+}
