@@ -738,28 +738,66 @@ impl Namespace {
         depth: usize,
     ) -> Result<ScanSummary, String> {
         let slot = &self.devices[d];
-        let info = slot.device.info().clone();
-        let wb_bytes = self.config.write_block_bytes as usize;
-        let unit = info.min_io_bytes as usize;
+        let unit = slot.device.info().min_io_bytes as usize;
         let mut queue: Box<dyn Queue> = slot.device.open_queue().map_err(|e| e.to_string())?;
         let mut summary = ScanSummary::default();
-        let count = blocks.end;
-        let mut next = blocks.start;
-        let mut in_flight = 0usize;
+        let progress = self.config.scan_progress.clone();
+        self.read_blocks(
+            d,
+            &mut *queue,
+            blocks,
+            depth,
+            "cold scan",
+            |_| Ok(()),
+            |wblock, bytes| {
+                summary.bytes_scanned += bytes.len() as u64;
+                let records_before = summary.records_read;
+                self.scan_block(d, wblock, bytes, unit, &mut summary);
+                if let Some(p) = &progress {
+                    p.block_done(d, bytes.len() as u64, summary.records_read - records_before);
+                }
+                Ok(())
+            },
+        )?;
+        Ok(summary)
+    }
+
+    /// Reads write blocks `blocks` of device `d` on `queue`, at most `depth`
+    /// in flight, and hands each block's bytes to `on_block` as its read
+    /// completes (in completion order). `before_read(wblock)` runs just
+    /// before each block's read is submitted. An error from either, a failed
+    /// read, or no completion for `START_IO_TIMEOUT` ends the walk; `what`
+    /// names the caller in the error. The cold scan and the tomb raider
+    /// both walk devices with it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn read_blocks(
+        &self,
+        d: usize,
+        queue: &mut dyn Queue,
+        blocks: std::ops::Range<u32>,
+        depth: usize,
+        what: &str,
+        mut before_read: impl FnMut(u32) -> Result<(), String>,
+        mut on_block: impl FnMut(u32, &[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let slot = &self.devices[d];
+        let name = &slot.device.info().name;
+        let wb_bytes = slot.wblocks.wblock_bytes() as usize;
+        let (mut next, mut in_flight) = (blocks.start, 0usize);
         let mut free_buffers = Vec::new();
         let mut done = Vec::new();
         // A stall is no completion for this long (a big device takes far
-        // longer than that to scan in all).
+        // longer than that to read in all).
         let mut deadline = Instant::now() + START_IO_TIMEOUT;
-        let progress = self.config.scan_progress.clone();
-        while next < count || in_flight > 0 {
-            while next < count && in_flight < depth {
+        while next < blocks.end || in_flight > 0 {
+            while next < blocks.end && in_flight < depth.max(1) {
+                before_read(next)?;
                 let buffer = match free_buffers.pop() {
                     Some(b) => b,
                     None => slot
                         .device
                         .alloc_buffer(wb_bytes)
-                        .map_err(|e| e.to_string())?,
+                        .map_err(|e| format!("device {name}: {what} buffer: {e}"))?,
                 };
                 let op = IoOp {
                     kind: IoKind::Read,
@@ -776,13 +814,15 @@ impl Namespace {
                         free_buffers.push(op.buffer);
                         break;
                     }
-                    Err(crate::device::SubmitError::Invalid(_, e)) => return Err(e.to_string()),
+                    Err(crate::device::SubmitError::Invalid(_, e)) => {
+                        return Err(format!("device {name}: {what} read: {e}"))
+                    }
                 }
             }
             done.clear();
             if queue.poll(&mut done, usize::MAX) == 0 {
                 if Instant::now() > deadline {
-                    return Err(format!("device {}: cold scan reads stalled", info.name));
+                    return Err(format!("device {name}: {what} reads stalled"));
                 }
                 std::thread::yield_now();
                 continue;
@@ -790,22 +830,12 @@ impl Namespace {
             deadline = Instant::now() + START_IO_TIMEOUT;
             for completion in done.drain(..) {
                 in_flight -= 1;
-                completion.result.map_err(|e| format!("cold scan: {e}"))?;
-                let wblock = completion.token as u32;
-                summary.bytes_scanned += completion.buffer.len() as u64;
-                let records_before = summary.records_read;
-                self.scan_block(d, wblock, &completion.buffer, unit, &mut summary);
-                if let Some(p) = &progress {
-                    p.block_done(
-                        d,
-                        completion.buffer.len() as u64,
-                        summary.records_read - records_before,
-                    );
-                }
+                completion.result.map_err(|e| format!("{what} read: {e}"))?;
+                on_block(completion.token as u32, &completion.buffer)?;
                 free_buffers.push(completion.buffer);
             }
         }
-        Ok(summary)
+        Ok(())
     }
 
     /// Offers the records of one write block to the index. Records start at

@@ -76,7 +76,7 @@ use std::time::{Duration, Instant};
 
 use super::header::{self, Truncation, MAX_SET_NAME_BYTES, MAX_TRUNCATIONS};
 use super::namespace::{lock, newer, Namespace, START_IO_TIMEOUT};
-use crate::device::{IoKind, IoOp, SubmitError};
+use crate::device::{IoKind, IoOp};
 use crate::digest::Digest;
 use crate::index::{Change, IndexRecord};
 use crate::ops::{self, Clock};
@@ -711,88 +711,46 @@ impl Namespace {
         let slot = &self.devices[d];
         let name = slot.device.info().name.clone();
         let unit = (slot.device.info().min_io_bytes as usize).max(RBLOCK_BYTES);
-        let wb_bytes = slot.wblocks.wblock_bytes() as usize;
-        let depth = config.read_depth.max(1);
         let mut queue = slot
             .device
             .open_queue()
             .map_err(|e| format!("device {name}: tomb raider queue: {e}"))?;
-        let count = slot.wblocks.count();
-        let (mut next, mut in_flight) = (0u32, 0usize);
-        let mut free_buffers = Vec::new();
-        let mut done = Vec::new();
         let mut ram = Vec::new();
-        let mut deadline = Instant::now() + START_IO_TIMEOUT;
-        while next < count || in_flight > 0 {
-            while next < count && in_flight < depth {
+        let marked = std::cell::RefCell::new(marked);
+        self.read_blocks(
+            d,
+            &mut *queue,
+            0..slot.wblocks.count(),
+            config.read_depth,
+            "tomb raider",
+            |wblock| {
                 if stop() {
                     return Err("stopped".to_string());
                 }
                 // The RAM copy first, then the read (see step 2).
-                if let Some(block) = slot.block(next) {
+                if let Some(block) = slot.block(wblock) {
                     ram.clear();
                     ram.extend_from_slice(&block.bytes.read().unwrap_or_else(|e| e.into_inner()));
-                    find_older_images(&ram, unit, marked);
+                    find_older_images(&ram, unit, &mut marked.borrow_mut());
                 }
-                let buffer = match free_buffers.pop() {
-                    Some(b) => b,
-                    None => slot
-                        .device
-                        .alloc_buffer(wb_bytes)
-                        .map_err(|e| format!("device {name}: tomb raider buffer: {e}"))?,
-                };
-                let op = IoOp {
-                    kind: IoKind::Read,
-                    offset: slot.wblocks.offset_of(next),
-                    buffer,
-                    token: u64::from(next),
-                };
-                match queue.submit(op) {
-                    Ok(()) => {
-                        next += 1;
-                        in_flight += 1;
-                    }
-                    Err(SubmitError::Full(op)) => {
-                        free_buffers.push(op.buffer);
-                        break;
-                    }
-                    Err(SubmitError::Invalid(_, e)) => {
-                        return Err(format!("device {name}: tomb raider read: {e}"))
-                    }
-                }
-            }
-            done.clear();
-            if queue.poll(&mut done, usize::MAX) == 0 {
-                if Instant::now() > deadline {
-                    return Err(format!("device {name}: tomb raider reads stalled"));
-                }
-                std::thread::yield_now();
-                continue;
-            }
-            deadline = Instant::now() + START_IO_TIMEOUT;
-            for completion in done.drain(..) {
-                in_flight -= 1;
-                completion
-                    .result
-                    .map_err(|e| format!("tomb raider read: {e}"))?;
+                Ok(())
+            },
+            |_, bytes| {
                 report.blocks_read += 1;
-                report.bytes_read += completion.buffer.len() as u64;
-                find_older_images(&completion.buffer, unit, marked);
-                free_buffers.push(completion.buffer);
+                report.bytes_read += bytes.len() as u64;
+                find_older_images(bytes, unit, &mut marked.borrow_mut());
                 if !config.sleep_per_block.is_zero() {
                     std::thread::sleep(config.sleep_per_block);
                 }
-            }
-        }
+                Ok(())
+            },
+        )?;
         // Step 3: what the reads saw of overwritten blocks must be what a
         // power cut leaves, not an undo from a volatile cache.
-        let buffer = match free_buffers.pop() {
-            Some(b) => b,
-            None => slot
-                .device
-                .alloc_buffer(unit)
-                .map_err(|e| format!("device {name}: tomb raider buffer: {e}"))?,
-        };
+        let buffer = slot
+            .device
+            .alloc_buffer(unit)
+            .map_err(|e| format!("device {name}: tomb raider buffer: {e}"))?;
         let flush = IoOp {
             kind: IoKind::Flush,
             offset: 0,
@@ -803,6 +761,7 @@ impl Namespace {
             return Err(format!("device {name}: tomb raider flush not accepted"));
         }
         let deadline = Instant::now() + START_IO_TIMEOUT;
+        let mut done = Vec::new();
         loop {
             done.clear();
             if queue.poll(&mut done, usize::MAX) > 0 {
