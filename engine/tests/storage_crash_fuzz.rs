@@ -1568,6 +1568,24 @@ fn cache_seed(first: bool, second: bool) -> u64 {
         .expect("a seed")
 }
 
+/// Starts the fixture's namespace on a drive with a volatile cache whose
+/// power cut loses the first unflushed sector and keeps the second, and
+/// writes key 2 into the first block's first sector and key 1 at the start
+/// of its second (each flush ends on a sector boundary).
+fn two_records_in_two_sectors(fx: &Fixture) -> CoreStorage {
+    let (mut core, _) = fx.open();
+    fx.mem.set_faults(Faults {
+        volatile_cache: true,
+        seed: cache_seed(false, true),
+        ..Default::default()
+    });
+    assert_eq!(core.run(transaction(2, &put_a(2))).result, ResultCode::Ok);
+    settle_core(&mut core);
+    assert_eq!(core.run(transaction(1, &put_a(1))).result, ResultCode::Ok);
+    settle_core(&mut core);
+    core
+}
+
 /// Found by the fuzzer (seeds 71, 467, 794, 1106, 1132, 1832 of 0..2000, all
 /// with a volatile drive cache and without commit-to-device; replay with
 /// `OSPREY_FUZZ_SEED=71`).
@@ -1591,18 +1609,7 @@ fn a_record_lost_in_a_power_cut_stays_lost_after_the_next_one() {
     let fx = fixture();
     let block0 = 8 * MIB; // the first write block, after the header region
     let sector = 4096u64;
-    let (mut core, _) = fx.open();
-    fx.mem.set_faults(Faults {
-        volatile_cache: true,
-        seed: cache_seed(false, true),
-        ..Default::default()
-    });
-    // Key 2 in the block's first sector, key 1 at the start of the second
-    // (each flush ends on a sector boundary).
-    assert_eq!(core.run(transaction(2, &put_a(2))).result, ResultCode::Ok);
-    settle_core(&mut core);
-    assert_eq!(core.run(transaction(1, &put_a(1))).result, ResultCode::Ok);
-    settle_core(&mut core);
+    let core = two_records_in_two_sectors(&fx);
     let at = core
         .namespace()
         .index
@@ -1855,16 +1862,7 @@ fn a_reused_block_never_shares_a_life_with_the_images_a_scan_could_not_see() {
     let block0 = 8 * MIB;
     let sector = 4096u64;
     let life_at = |offset: u64| image_life(&fx.mem.durable_bytes(offset..offset + 64)).unwrap();
-    let (mut core, _) = fx.open();
-    fx.mem.set_faults(Faults {
-        volatile_cache: true,
-        seed: cache_seed(false, true),
-        ..Default::default()
-    });
-    assert_eq!(core.run(transaction(2, &put_a(2))).result, ResultCode::Ok);
-    settle_core(&mut core);
-    assert_eq!(core.run(transaction(1, &put_a(1))).result, ResultCode::Ok);
-    settle_core(&mut core);
+    let core = two_records_in_two_sectors(&fx);
     fx.mem.crash_now();
     drop(core);
     fx.mem.power_cycle();

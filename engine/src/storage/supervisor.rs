@@ -206,9 +206,24 @@ impl Namespace {
         // so sees the raised watermark. Raised after, a writer on another
         // core could create the key in the same millisecond, tie with the
         // old image, and lose to it at a cold start (generation 1 < g).
-        self.note_removed(seen.last_update_ms);
-        let removed = self.index.modify(&seen.digest, |cur| {
-            if (cur.location, cur.generation) == (seen.location, seen.generation) {
+        self.remove_if(&seen.digest, seen.last_update_ms, |cur| {
+            (cur.location, cur.generation) == (seen.location, seen.generation)
+        })
+    }
+
+    /// Removes `digest`'s entry under its sprig lock if `still(entry)`
+    /// holds, after raising the removed-image watermark to `last_update_ms`
+    /// (the removed image's time; see `remove_if_unchanged` for why first),
+    /// and releases its bytes. Returns whether it was removed.
+    fn remove_if(
+        &self,
+        digest: &Digest,
+        last_update_ms: u64,
+        still: impl Fn(&IndexRecord) -> bool,
+    ) -> bool {
+        self.note_removed(last_update_ms);
+        let removed = self.index.modify(digest, |cur| {
+            if still(cur) {
                 (Change::Remove, Some(*cur))
             } else {
                 (Change::Keep, None)
@@ -644,26 +659,18 @@ impl Namespace {
                 report.kept += 1;
                 continue;
             }
-            // Raised first: see step 4 above. Raising it for a tombstone
-            // that then turns out changed is harmless (new keys just get a
-            // later time).
-            self.note_removed(m.last_update_ms);
-            let removed = self.index.modify(digest, |cur| {
-                if cur.tombstone
+            // The watermark is raised first (see step 4 above); raising it
+            // for a tombstone that then turns out changed is harmless (new
+            // keys just get a later time).
+            let removed = self.remove_if(digest, m.last_update_ms, |cur| {
+                cur.tombstone
                     && cur.generation == m.generation
                     && cur.last_update_ms == m.last_update_ms
-                {
-                    (Change::Remove, Some(*cur))
-                } else {
-                    (Change::Keep, None)
-                }
             });
-            match removed {
-                Some(Some(old)) => {
-                    self.count_out(&old);
-                    report.reclaimed += 1;
-                }
-                _ => report.changed += 1,
+            if removed {
+                report.reclaimed += 1;
+            } else {
+                report.changed += 1;
             }
         }
         self.stats
