@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 /// half spread over all partitions, half crowded into partition 7 so that
 /// its sprigs grow deep trees.
 fn pool_digest(n: u16) -> Digest {
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         digest(u64::from(n))
     } else {
         let mut d = digest(u64::from(n)).0;

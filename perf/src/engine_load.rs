@@ -207,7 +207,7 @@ pub fn drive<W: Workload>(
         // an idle poll, and the loop used to spend a fifth of its time there.
         if !core.poll(&mut out) && out.is_empty() {
             idle_polls += 1;
-            if idle_polls % 4096 == 0 && last_progress.elapsed() > TIMEOUT {
+            if idle_polls.is_multiple_of(4096) && last_progress.elapsed() > TIMEOUT {
                 return Err(format!(
                     "{in_flight} transactions made no progress for {TIMEOUT:?}"
                 ));

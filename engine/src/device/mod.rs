@@ -226,7 +226,11 @@ pub fn check_op(info: &DeviceInfo, op: &IoOp) -> Result<(), DeviceError> {
         return Ok(());
     }
     let unit = u64::from(info.min_io_bytes);
-    if op.offset % unit != 0 || len % unit != 0 || len == 0 || op.buffer.address() % unit != 0 {
+    if !op.offset.is_multiple_of(unit)
+        || !len.is_multiple_of(unit)
+        || len == 0
+        || !op.buffer.address().is_multiple_of(unit)
+    {
         return Err(error(DeviceErrorKind::Misaligned {
             min_io_bytes: info.min_io_bytes,
         }));

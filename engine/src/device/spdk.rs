@@ -175,7 +175,7 @@ impl SpdkDevice {
         if !sector.is_power_of_two() || sector < 512 {
             return Err(fail(format!("unsupported sector size {sector}")));
         }
-        if options.max_io_bytes < sector || options.max_io_bytes % sector != 0 {
+        if options.max_io_bytes < sector || !options.max_io_bytes.is_multiple_of(sector) {
             return Err(fail(format!(
                 "max_io_bytes {} must be a multiple of the {sector}-byte sector",
                 options.max_io_bytes

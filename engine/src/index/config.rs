@@ -126,7 +126,7 @@ impl IndexConfig {
             ));
         }
         if !(MIN_STAGE_SIZE_BYTES..=MAX_STAGE_SIZE_BYTES).contains(&self.stage_size_bytes)
-            || self.stage_size_bytes % 4096 != 0
+            || !self.stage_size_bytes.is_multiple_of(4096)
         {
             return Err(err(
                 "index.stage-size",

@@ -62,7 +62,7 @@ const _: () = assert!(ENTRY_SIZE <= 64, "the issue bounds an entry at 64 bytes")
 const _: () = assert!(std::mem::size_of::<Sprig>() == SPRIG_SIZE);
 const _: () = assert!(std::mem::size_of::<MetaHeader>() <= HEADER_SIZE);
 const _: () = assert!(std::mem::size_of::<SetSlot>() == SET_SLOT_SIZE);
-const _: () = assert!(SPRIGS_OFFSET % 8 == 0);
+const _: () = assert!(SPRIGS_OFFSET.is_multiple_of(8));
 
 /// One index entry: a tree node and the record's metadata.
 #[repr(C, align(8))]

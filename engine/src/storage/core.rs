@@ -1587,7 +1587,7 @@ impl CoreStorage {
             let len = match record::peek_image_len(&bytes[at..]) {
                 Some(len) if at + len <= bytes.len() && valid(&bytes[at..at + len]) => len,
                 _ => {
-                    if at % unit == 0 {
+                    if at.is_multiple_of(unit) {
                         break;
                     }
                     at = at.div_ceil(unit) * unit;

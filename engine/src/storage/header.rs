@@ -841,7 +841,7 @@ fn slot_buffer(device: &dyn Device) -> Result<IoBuffer, HeaderIoError> {
             message,
         }))
     };
-    if info.min_io_bytes == 0 || HEADER_SLOT_BYTES % info.min_io_bytes as usize != 0 {
+    if info.min_io_bytes == 0 || !HEADER_SLOT_BYTES.is_multiple_of(info.min_io_bytes as usize) {
         return refuse(format!(
             "minimum I/O size {} does not divide the {HEADER_SLOT_BYTES}-byte header slot",
             info.min_io_bytes

@@ -882,7 +882,7 @@ impl Namespace {
                 }
             }
             let Some(image) = image else {
-                if at % unit == 0 {
+                if at.is_multiple_of(unit) {
                     if bytes[at..at + RBLOCK_BYTES].iter().any(|&b| b != 0) {
                         summary.bad_images += 1;
                     }

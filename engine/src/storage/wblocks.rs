@@ -85,7 +85,7 @@ impl WblockTable {
         wblock_bytes: u32,
         defrag_lwm_pct: u32,
     ) -> Result<Self, String> {
-        if wblock_bytes == 0 || wblock_bytes as usize % RBLOCK_BYTES != 0 {
+        if wblock_bytes == 0 || !(wblock_bytes as usize).is_multiple_of(RBLOCK_BYTES) {
             return Err(format!(
                 "write-block size {wblock_bytes} is not a multiple of {RBLOCK_BYTES}"
             ));

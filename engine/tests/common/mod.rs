@@ -59,8 +59,8 @@ pub fn record(digest: Digest, seed: u64) -> IndexRecord {
         void_time: (seed % 3) as u32 * 1_000,
         last_update_ms: seed.wrapping_mul(11) % (1 << 48),
         set_id: (seed % 4) as u16,
-        tombstone: seed % 13 == 0,
-        key_stored: seed % 2 == 0,
+        tombstone: seed.is_multiple_of(13),
+        key_stored: seed.is_multiple_of(2),
     }
 }
 

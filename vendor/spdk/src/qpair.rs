@@ -407,7 +407,7 @@ fn drain_untyped<B>(qp: &mut QueuePair<B>, sink: &mut dyn FnMut(Completed<B>)) {
 fn check_io(info: &crate::NamespaceInfo, lba: u64, bytes: &[u8]) -> Result<u32, String> {
     let sector = u64::from(info.sector_bytes);
     let len = bytes.len() as u64;
-    if len == 0 || len % sector != 0 || len / sector > u64::from(u32::MAX) {
+    if len == 0 || !len.is_multiple_of(sector) || len / sector > u64::from(u32::MAX) {
         return Err(format!(
             "length {len} is not a non-zero multiple of the {sector}-byte sector"
         ));
