@@ -407,7 +407,7 @@ impl Record {
             at = end;
         }
         out[at..].fill(0);
-        let crc = crc32c::crc32c(out);
+        let crc = checksum(out);
         out[8..12].copy_from_slice(&crc.to_le_bytes());
         Ok(())
     }
@@ -439,8 +439,30 @@ pub fn restamp_life(image: &mut [u8], life: u64) {
     );
     image[LIFE_AT..LIFE_AT + 8].copy_from_slice(&life.to_le_bytes());
     image[8..12].fill(0);
-    let crc = crc32c::crc32c(image);
+    let crc = checksum(image);
     image[8..12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// An image's checksum: CRC-32C (Castagnoli) over the whole image with its
+/// checksum field (bytes 8..12) zero, as it is when this is called.
+///
+/// `crc-fast` rather than the `crc32c` crate: folding with carry-less
+/// multiplies runs 1 KiB in about 20 ns here against 53 ns for `crc32c`'s
+/// three interleaved CRC32 streams, and the checksum was an eighth of the
+/// 1 KiB write path (storage-bench, perf). The value is the same CRC-32C;
+/// `checksum_is_crc32c` checks it against the `crc32c` crate.
+fn checksum(image: &[u8]) -> u32 {
+    crc_fast::crc32_iscsi(image)
+}
+
+/// [`checksum`] of an image read back, whose field holds the stored value:
+/// computed as if the field were zero, without copying the image.
+fn checksum_as_stored(image: &[u8]) -> u32 {
+    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    digest.update(&image[..8]);
+    digest.update(&[0; 4]);
+    digest.update(&image[12..]);
+    digest.finalize() as u32
 }
 
 /// The size in bytes of the image starting at `bytes`, if it starts with a
@@ -549,9 +571,7 @@ fn header(bytes: &[u8], verify_checksum: bool) -> Result<ImageMeta<'_>, ImageErr
     let image = &bytes[..len];
     if verify_checksum {
         let stored = u32::from_le_bytes(image[8..12].try_into().expect("4 bytes"));
-        let crc = crc32c::crc32c(&image[..8]);
-        let crc = crc32c::crc32c_append(crc, &[0; 4]);
-        let crc = crc32c::crc32c_append(crc, &image[12..]);
+        let crc = checksum_as_stored(image);
         if crc != stored {
             return fail(
                 8,
@@ -712,6 +732,17 @@ mod tests {
     }
 
     proptest! {
+        /// The on-flash format says CRC-32C: `crc-fast` must agree with the
+        /// `crc32c` crate on every length, and the stored-field variant with
+        /// zeroing the field by hand.
+        #[test]
+        fn checksum_is_crc32c(bytes in proptest::collection::vec(any::<u8>(), 12..9000)) {
+            prop_assert_eq!(checksum(&bytes), crc32c::crc32c(&bytes));
+            let mut zeroed = bytes.clone();
+            zeroed[8..12].fill(0);
+            prop_assert_eq!(checksum_as_stored(&bytes), crc32c::crc32c(&zeroed));
+        }
+
         #[test]
         fn images_round_trip(r in record()) {
             let image = r.encode(7).unwrap();
