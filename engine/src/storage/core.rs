@@ -104,6 +104,23 @@ const BLOCK_POOL_BUFFERS: usize = 8;
 const SPARE_BLOCKS: usize = 2;
 /// Set names a core remembers (a namespace has at most 1023 sets).
 const SET_ID_CACHE: usize = 1024;
+/// How long a write block that fell below `defrag-lwm-pct` waits in the
+/// defrag queue before defrag copies its live records, as long as free
+/// blocks are plentiful (more than twice the writers' reserve).
+///
+/// A block's records are rewritten in bursts as often as one by one: a
+/// client rewriting keys in the order it wrote them (a reload, a cyclic
+/// overwrite) empties a block within a few milliseconds of its crossing the
+/// low-water mark. Copying its live half out at once moved records that
+/// were about to be overwritten anyway: in storage-bench's 1 KiB writes,
+/// 0.3 defrag moves per client write (device bytes 1.30 per client byte);
+/// with the wait, 0.0004 (1.00), and 10% more writes per second from the
+/// CPU no longer spent on the copies. A block that empties while it waits
+/// is freed without a read. Under random updates blocks drain slowly and
+/// the wait changes nothing (50/50 amplification 1.58 either way). When
+/// free blocks run short the wait is skipped: it never holds space that
+/// writers need.
+const DEFRAG_SETTLE: Duration = Duration::from_millis(50);
 /// Bytes of a pooled read buffer (rounded up to the device's minimum I/O):
 /// the aligned span of any record image up to 12 KiB.
 const READ_POOL_BUFFER_BYTES: usize = 16 << 10;
@@ -221,6 +238,9 @@ pub struct CoreStorage {
     set_ids: HashMap<Vec<u8>, u16>,
     /// Shutdown: finish defrag under way, start none.
     defrag_paused: bool,
+    /// `flush_all`: defragment every queued block now, without
+    /// [`DEFRAG_SETTLE`].
+    defrag_draining: bool,
     /// Counters bumped on every transaction, added to the namespace's
     /// shared ones once per `poll`.
     hot: HotCounters,
@@ -311,6 +331,7 @@ impl CoreStorage {
             spare_blocks: (0..n).map(|_| Vec::new()).collect(),
             set_ids: HashMap::new(),
             defrag_paused: false,
+            defrag_draining: false,
             hot: HotCounters::default(),
         })
     }
@@ -400,6 +421,7 @@ impl CoreStorage {
 
     fn flush_everything(&mut self, timeout: Duration, drain_defrag: bool) -> Result<(), String> {
         self.defrag_paused = !drain_defrag;
+        self.defrag_draining = drain_defrag;
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         // Open buffers are written now; during a shutdown also the ones
@@ -454,6 +476,7 @@ impl CoreStorage {
             std::thread::yield_now();
         };
         self.defrag_paused = false;
+        self.defrag_draining = false;
         self.ready.extend(out);
         result
     }
@@ -1490,7 +1513,16 @@ impl CoreStorage {
             if self.backlog_bytes[d] * 2 > ns.config.max_write_cache_bytes {
                 continue;
             }
-            let Some(wblock) = ns.devices[d].wblocks.take_defrag() else {
+            // While free blocks are plentiful a light block waits in the
+            // queue for DEFRAG_SETTLE before its records are copied out.
+            let settle = if !self.defrag_draining
+                && ns.devices[d].wblocks.free_count() > 2 * self.defrag_reserve_blocks(d)
+            {
+                DEFRAG_SETTLE
+            } else {
+                Duration::ZERO
+            };
+            let Some(wblock) = ns.devices[d].wblocks.take_defrag(settle) else {
                 continue;
             };
             if ns.devices[d].wblocks.in_use_bytes(wblock) == 0 {

@@ -31,6 +31,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::record::RBLOCK_BYTES;
 
@@ -72,7 +73,10 @@ pub struct WblockTable {
     /// Stamps freed blocks; writers read it when a buffer gets its first
     /// unflushed record.
     epoch: AtomicU64,
-    defrag: Mutex<VecDeque<u32>>,
+    /// Blocks waiting for defrag, oldest first, each with when it fell
+    /// below the low-water mark (`None`: eligible at once — requeued,
+    /// queued by a start-up walk or by the emergency path).
+    defrag: Mutex<VecDeque<(u32, Option<Instant>)>>,
     lwm_bytes: u32,
 }
 
@@ -209,7 +213,7 @@ impl WblockTable {
             && old >= self.lwm_bytes
             && self.transition(id, WblockState::Used, WblockState::Defrag)
         {
-            Self::lock(&self.defrag).push_back(id);
+            Self::lock(&self.defrag).push_back((id, Some(Instant::now())));
             return Released::QueuedForDefrag;
         }
         Released::Kept
@@ -226,10 +230,10 @@ impl WblockTable {
     pub fn close(&self, id: u32) -> Released {
         let closed = self.transition(id, WblockState::Open, WblockState::Used);
         assert!(closed, "closing write block {id}, which is not open");
-        self.settle(id)
+        self.settle(id, Some(Instant::now()))
     }
 
-    fn settle(&self, id: u32) -> Released {
+    fn settle(&self, id: u32, queued_at: Option<Instant>) -> Released {
         let in_use = self.in_use_bytes(id);
         if in_use == 0 && self.transition(id, WblockState::Used, WblockState::Free) {
             self.push_free(id);
@@ -237,16 +241,23 @@ impl WblockTable {
         } else if in_use < self.lwm_bytes
             && self.transition(id, WblockState::Used, WblockState::Defrag)
         {
-            Self::lock(&self.defrag).push_back(id);
+            Self::lock(&self.defrag).push_back((id, queued_at));
             Released::QueuedForDefrag
         } else {
             Released::Kept
         }
     }
 
-    /// The next block to defragment, if any.
-    pub fn take_defrag(&self) -> Option<u32> {
-        Self::lock(&self.defrag).pop_front()
+    /// The next block to defragment, if any: the oldest in the queue, once
+    /// it has waited there for `settle` (see `DEFRAG_SETTLE` in core.rs).
+    pub fn take_defrag(&self, settle: Duration) -> Option<u32> {
+        let mut queue = Self::lock(&self.defrag);
+        let &(id, queued_at) = queue.front()?;
+        if settle > Duration::ZERO && queued_at.is_some_and(|t| t.elapsed() < settle) {
+            return None;
+        }
+        queue.pop_front();
+        Some(id)
     }
 
     /// Puts a block taken by `take_defrag` back at the end of the queue
@@ -257,7 +268,7 @@ impl WblockTable {
             WblockState::Defrag,
             "requeueing write block {id}, which is not in defrag"
         );
-        Self::lock(&self.defrag).push_back(id);
+        Self::lock(&self.defrag).push_back((id, None));
     }
 
     /// Defrag of block `id` is complete and every record it held is durable
@@ -286,7 +297,8 @@ impl WblockTable {
                 WblockState::Free as u8,
                 "settle_after_load on a table in use"
             );
-            self.settle(id);
+            // Nothing is being overwritten yet: no reason to wait.
+            self.settle(id, None);
         }
     }
 
@@ -305,7 +317,7 @@ impl WblockTable {
         {
             return None;
         }
-        Self::lock(&self.defrag).push_back(lightest);
+        Self::lock(&self.defrag).push_back((lightest, None));
         Some(lightest)
     }
 
@@ -377,7 +389,7 @@ mod tests {
         assert_eq!(t.release(id, 300_000), Released::Kept); // 600 000 >= 524 288
         assert_eq!(t.release(id, 100_000), Released::QueuedForDefrag);
         assert_eq!(t.state(id), WblockState::Defrag);
-        assert_eq!(t.take_defrag(), Some(id));
+        assert_eq!(t.take_defrag(Duration::ZERO), Some(id));
         // Releases during defrag neither free nor re-queue it.
         assert_eq!(t.release(id, 500_000), Released::Kept);
         t.finish_defrag(id);
@@ -388,7 +400,7 @@ mod tests {
         t.add(id, 900_000);
         t.close(id);
         assert_eq!(t.release(id, 900_000), Released::Freed);
-        assert_eq!(t.take_defrag(), None);
+        assert_eq!(t.take_defrag(Duration::ZERO), None);
     }
 
     #[test]
@@ -454,7 +466,7 @@ mod tests {
         assert_eq!(queued.load(Ordering::Relaxed), 1);
         assert_eq!(t.state(id), WblockState::Defrag);
         assert_eq!(t.in_use_bytes(id), 0);
-        assert_eq!(t.take_defrag(), Some(id));
+        assert_eq!(t.take_defrag(Duration::ZERO), Some(id));
         t.finish_defrag(id);
         assert_eq!(t.free_count(), 4);
     }
