@@ -558,3 +558,130 @@ fn a_block_emptied_by_an_unflushed_rewrite_is_not_reused_before_it_is_durable() 
         "K's last durable image survives"
     );
 }
+
+/// A memory device whose completions are held back while its gate is shut:
+/// writes stay in flight, as on a device that cannot keep up.
+#[derive(Clone)]
+struct GatedDevice {
+    inner: MemoryDevice,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct GatedQueue {
+    inner: Box<dyn osprey_engine::device::Queue>,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Device for GatedDevice {
+    fn info(&self) -> &osprey_engine::device::DeviceInfo {
+        self.inner.info()
+    }
+    fn alloc_buffer(
+        &self,
+        len: usize,
+    ) -> Result<osprey_engine::device::IoBuffer, osprey_engine::device::SetupError> {
+        self.inner.alloc_buffer(len)
+    }
+    fn open_queue(
+        &self,
+    ) -> Result<Box<dyn osprey_engine::device::Queue>, osprey_engine::device::SetupError> {
+        Ok(Box::new(GatedQueue {
+            inner: self.inner.open_queue()?,
+            open: self.open.clone(),
+        }))
+    }
+}
+
+impl osprey_engine::device::Queue for GatedQueue {
+    fn submit(
+        &mut self,
+        op: osprey_engine::device::IoOp,
+    ) -> Result<(), osprey_engine::device::SubmitError> {
+        self.inner.submit(op)
+    }
+    fn poll(&mut self, out: &mut Vec<osprey_engine::device::Completion>, max: usize) -> usize {
+        if self.open.load(Ordering::SeqCst) {
+            self.inner.poll(out, max)
+        } else {
+            0
+        }
+    }
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+}
+
+#[test]
+fn a_full_write_backlog_refuses_writes_cheaply_until_the_device_catches_up() {
+    let mut config = storage_config();
+    config.max_write_cache_bytes = 4 * (128 << 10);
+    let gate = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let device = GatedDevice {
+        inner: MemoryDevice::new("mem0", 64 * MIB, 4096, 256),
+        open: gate.clone(),
+    };
+    let index = small_config(16);
+    let _guard = SegmentsGuard(index.clone());
+    let (ns, _) = Namespace::open(
+        config,
+        &index,
+        vec![Arc::new(device) as Arc<dyn Device>],
+        Arc::new(system_clock),
+    )
+    .unwrap();
+    let ns = Arc::new(ns);
+    let mut core = CoreStorage::new(ns.clone()).unwrap();
+    const K: u64 = 1_000_000;
+    assert_eq!(core.run(put(K, 1)).result, ResultCode::Ok);
+
+    // The device stops completing: writes are acknowledged from RAM until
+    // four blocks wait for it and the open one is full, then refused.
+    gate.store(false, Ordering::SeqCst);
+    let mut acked = Vec::new();
+    let refused_at = (0..10_000u64).find(|&n| {
+        let reply = core.run(put(n, n as i64));
+        match reply.result {
+            ResultCode::Ok => {
+                acked.push(n);
+                false
+            }
+            ResultCode::DeviceOverload => true,
+            other => panic!("write {n}: {other:?}"),
+        }
+    });
+    assert!(
+        refused_at.is_some(),
+        "a stalled device never refused a write"
+    );
+    let per_block = (128 << 10) / 256; // records are about 256 bytes
+    assert!(
+        acked.len() <= 6 * per_block,
+        "{} writes acknowledged past a 4-block backlog",
+        acked.len()
+    );
+    // Refused writes of a stored key do not load it first: no cache hit,
+    // no device read, only the overload count moves.
+    let stats = &ns.stats;
+    let loads =
+        || stats.cache_hits.load(Ordering::Relaxed) + stats.device_reads.load(Ordering::Relaxed);
+    let (loads_before, overloads_before) = (loads(), stats.overloads.load(Ordering::Relaxed));
+    for _ in 0..100 {
+        assert_eq!(core.run(put(K, 2)).result, ResultCode::DeviceOverload);
+    }
+    assert_eq!(loads(), loads_before, "a refused write loaded the record");
+    assert_eq!(
+        stats.overloads.load(Ordering::Relaxed) - overloads_before,
+        100
+    );
+    // The device catches up: writes go through again, and every
+    // acknowledged record reads back.
+    gate.store(true, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while core.run(put(K, 3)).result == ResultCode::DeviceOverload {
+        assert!(std::time::Instant::now() < deadline, "still refused");
+    }
+    assert_eq!(value_of(&core.run(demo_get(K))), Some(3));
+    for n in acked {
+        assert_eq!(value_of(&core.run(demo_get(n))), Some(n as i64), "{n}");
+    }
+}
