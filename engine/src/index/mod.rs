@@ -738,6 +738,35 @@ impl Index {
     /// (0.96 vs 1.81 M/s, `index-bench`), because without the locked
     /// instruction the CPU runs ahead into lookups whose speculative misses
     /// are thrown away. Revisit with several reader threads per sprig.
+    /// Starts loading the cache line of `digest`'s sprig (its lock and
+    /// root), without waiting: the first step of [`Index::prefetch_entry`].
+    /// A lookup of a random digest misses the cache there, then again on
+    /// the tree node; a caller that knows its next digests issues both
+    /// hints ahead of the lookups so the misses overlap (see
+    /// `CoreStorage::submit`).
+    #[inline]
+    pub fn prefetch_sprig(&self, digest: &Digest) {
+        crate::sys::prefetch::prefetch(self.sprig(digest));
+    }
+
+    /// Starts loading the root node of `digest`'s tree — the entry itself
+    /// whenever the sprig holds one record, as it mostly does. Reads the
+    /// root without the lock: a stale root only makes the hint useless.
+    #[inline]
+    pub fn prefetch_entry(&self, digest: &Digest) {
+        let root = self.sprig(digest).root.load(Relaxed);
+        if root != NIL {
+            if let Some(stage) = self.stages.get((root >> self.stage_shift) as usize) {
+                if let Some(entries) = stage.get() {
+                    let slot = (root & (self.entries_per_stage - 1)) as usize;
+                    if slot < entries.len() {
+                        crate::sys::prefetch::prefetch(entries.get(slot));
+                    }
+                }
+            }
+        }
+    }
+
     pub fn get(&self, digest: &Digest) -> Option<IndexRecord> {
         let key = DigestKey::new(digest);
         let sprig = self.sprig(digest);

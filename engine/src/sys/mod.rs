@@ -8,6 +8,7 @@
 //! - `ring`: an io_uring queue that keeps each buffer alive until the kernel
 //!   has finished with it.
 //! - `blockdev`: the size and sector size of a block device (ioctls).
+//! - `prefetch`: a cache prefetch hint (for index lookups).
 //!
 //! Every `unsafe` block carries a `// SAFETY:` comment.
 
@@ -15,5 +16,6 @@
 
 pub mod blockdev;
 pub mod dma;
+pub mod prefetch;
 pub mod ring;
 pub mod shm;
