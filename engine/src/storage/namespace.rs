@@ -783,15 +783,18 @@ impl Namespace {
         let slot = &self.devices[d];
         let name = &slot.device.info().name;
         let wb_bytes = slot.wblocks.wblock_bytes() as usize;
+        let depth = depth.max(1);
         let (mut next, mut in_flight) = (blocks.start, 0usize);
         let mut free_buffers = Vec::new();
         let mut done = Vec::new();
-        // A stall is no completion for this long (a big device takes far
-        // longer than that to read in all).
-        let mut deadline = Instant::now() + START_IO_TIMEOUT;
-        while next < blocks.end || in_flight > 0 {
-            while next < blocks.end && in_flight < depth.max(1) {
-                before_read(next)?;
+        // Tops the queue up to `depth` reads.
+        let mut submit = |queue: &mut dyn Queue,
+                          next: &mut u32,
+                          in_flight: &mut usize,
+                          free_buffers: &mut Vec<crate::device::IoBuffer>|
+         -> Result<(), String> {
+            while *next < blocks.end && *in_flight < depth {
+                before_read(*next)?;
                 let buffer = match free_buffers.pop() {
                     Some(b) => b,
                     None => slot
@@ -801,14 +804,14 @@ impl Namespace {
                 };
                 let op = IoOp {
                     kind: IoKind::Read,
-                    offset: slot.wblocks.offset_of(next),
+                    offset: slot.wblocks.offset_of(*next),
                     buffer,
-                    token: u64::from(next),
+                    token: u64::from(*next),
                 };
                 match queue.submit(op) {
                     Ok(()) => {
-                        next += 1;
-                        in_flight += 1;
+                        *next += 1;
+                        *in_flight += 1;
                     }
                     Err(crate::device::SubmitError::Full(op)) => {
                         free_buffers.push(op.buffer);
@@ -819,6 +822,13 @@ impl Namespace {
                     }
                 }
             }
+            Ok(())
+        };
+        // A stall is no completion for this long (a big device takes far
+        // longer than that to read in all).
+        let mut deadline = Instant::now() + START_IO_TIMEOUT;
+        while next < blocks.end || in_flight > 0 {
+            submit(&mut *queue, &mut next, &mut in_flight, &mut free_buffers)?;
             done.clear();
             if queue.poll(&mut done, usize::MAX) == 0 {
                 if Instant::now() > deadline {
@@ -831,6 +841,12 @@ impl Namespace {
             for completion in done.drain(..) {
                 in_flight -= 1;
                 completion.result.map_err(|e| format!("{what} read: {e}"))?;
+                // The next read goes out before this block is processed
+                // (in a buffer of its own): processing a megabyte takes a
+                // few hundred microseconds, and with several completions
+                // reaped together the device used to sit idle through all
+                // of them.
+                submit(&mut *queue, &mut next, &mut in_flight, &mut free_buffers)?;
                 on_block(completion.token as u32, &completion.buffer)?;
                 free_buffers.push(completion.buffer);
             }
