@@ -639,6 +639,20 @@ impl Namespace {
         Ok(id)
     }
 
+    /// Every truncation cutoff, for checking many records at once.
+    fn truncation_cutoffs(&self) -> Cutoffs {
+        let mut cutoffs = Cutoffs::default();
+        for slot in self.devices.iter().take(1) {
+            for t in &lock(&slot.header).truncations {
+                match &t.set_name {
+                    None => cutoffs.namespace = cutoffs.namespace.max(t.before_ms),
+                    Some(s) => cutoffs.sets.push((s.as_bytes().to_vec(), t.before_ms)),
+                }
+            }
+        }
+        cutoffs
+    }
+
     /// The truncation cutoff (ms) that applies to `set_name`, if any.
     pub fn truncated_before(&self, set_name: &[u8]) -> u64 {
         let mut cutoff = 0;
@@ -660,6 +674,16 @@ impl Namespace {
     fn cold_scan(&self) -> Result<ScanSummary, StartError> {
         let started = Instant::now();
         let totals = Mutex::new(ScanSummary::default());
+        // Winners that are dead (expired, truncated) must go after the scan.
+        // A winner is an adopted image, so only keys whose adopted image was
+        // dead, or could be by the end of the scan, need a second look; the
+        // scan lists them rather than walking the whole index afterwards (a
+        // walk of every entry, cache miss after cache miss, was a third of
+        // a cold start of small records). Past `MAYBE_DEAD_LIMIT` listed
+        // keys it walks instead.
+        let cutoffs = self.truncation_cutoffs();
+        let scan_clock = (self.clock)();
+        let maybe_dead = Mutex::new(Some(Vec::<Digest>::new()));
         let next_job = AtomicU64::new(0);
         let failure = Mutex::new(None::<String>);
         let threads = self.config.scan_threads.max(1);
@@ -697,8 +721,19 @@ impl Namespace {
                     if lock(&failure).is_some() {
                         return;
                     }
-                    match self.scan_device(d, blocks, depth) {
-                        Ok(s) => {
+                    match self.scan_device(d, blocks, depth, &cutoffs, scan_clock.now_s) {
+                        Ok((s, dead)) => {
+                            {
+                                let mut listed = lock(&maybe_dead);
+                                match (listed.as_mut(), dead) {
+                                    (Some(all), Some(dead))
+                                        if all.len() + dead.len() <= MAYBE_DEAD_LIMIT =>
+                                    {
+                                        all.extend(dead)
+                                    }
+                                    _ => *listed = None,
+                                }
+                            }
                             let mut t = lock(&totals);
                             t.records_read += s.records_read;
                             t.unique += s.unique;
@@ -721,7 +756,8 @@ impl Namespace {
             return Err(StartError::Device(e));
         }
         let mut summary = totals.into_inner().unwrap_or_else(|e| e.into_inner());
-        let (expired, truncated) = self.drop_dead_winners();
+        let listed = maybe_dead.into_inner().unwrap_or_else(|e| e.into_inner());
+        let (expired, truncated) = self.drop_dead_winners(listed.as_deref());
         summary.unique -= expired + truncated;
         summary.expired = expired;
         summary.truncated = truncated;
@@ -736,11 +772,20 @@ impl Namespace {
         d: usize,
         blocks: std::ops::Range<u32>,
         depth: usize,
-    ) -> Result<ScanSummary, String> {
+        cutoffs: &Cutoffs,
+        now_s: u32,
+    ) -> Result<(ScanSummary, Option<Vec<Digest>>), String> {
         let slot = &self.devices[d];
         let unit = slot.device.info().min_io_bytes as usize;
         let mut queue: Box<dyn Queue> = slot.device.open_queue().map_err(|e| e.to_string())?;
-        let mut summary = ScanSummary::default();
+        let mut state = ScanState {
+            summary: ScanSummary::default(),
+            maybe_dead: Some(Vec::new()),
+            images: Vec::new(),
+            last_set: None,
+            cutoffs,
+            now_s,
+        };
         let progress = self.config.scan_progress.clone();
         self.read_blocks(
             d,
@@ -750,16 +795,20 @@ impl Namespace {
             "cold scan",
             |_| Ok(()),
             |wblock, bytes| {
-                summary.bytes_scanned += bytes.len() as u64;
-                let records_before = summary.records_read;
-                self.scan_block(d, wblock, bytes, unit, &mut summary);
+                state.summary.bytes_scanned += bytes.len() as u64;
+                let records_before = state.summary.records_read;
+                self.scan_block(d, wblock, bytes, unit, &mut state);
                 if let Some(p) = &progress {
-                    p.block_done(d, bytes.len() as u64, summary.records_read - records_before);
+                    p.block_done(
+                        d,
+                        bytes.len() as u64,
+                        state.summary.records_read - records_before,
+                    );
                 }
                 Ok(())
             },
         )?;
-        Ok(summary)
+        Ok((state.summary, state.maybe_dead))
     }
 
     /// Reads write blocks `blocks` of device `d` on `queue`, at most `depth`
@@ -878,10 +927,13 @@ impl Namespace {
         wblock: u32,
         bytes: &[u8],
         unit: usize,
-        summary: &mut ScanSummary,
+        state: &mut ScanState<'_>,
     ) {
         let slot = &self.devices[d];
         let base_rblock = slot.wblocks.offset_of(wblock) / RBLOCK_BYTES as u64;
+        let summary = &mut state.summary;
+        let mut images = std::mem::take(&mut state.images);
+        images.clear();
         let mut at = 0usize;
         let mut block_life = None;
         while at + record::IMAGE_HEADER_BYTES <= bytes.len() {
@@ -910,6 +962,19 @@ impl Namespace {
             let len = image.len;
             summary.records_read += 1;
             summary.max_lut_ms = summary.max_lut_ms.max(image.last_update_ms);
+            // Consecutive images mostly share a set: one name lookup each run.
+            let set_id = match &state.last_set {
+                _ if image.set_name.is_empty() => 0,
+                Some((name, id)) if name.as_slice() == image.set_name => *id,
+                _ => {
+                    let id = std::str::from_utf8(image.set_name)
+                        .ok()
+                        .and_then(|s| self.index.set_id(s).ok())
+                        .unwrap_or(0);
+                    state.last_set = Some((image.set_name.to_vec(), id));
+                    id
+                }
+            };
             let candidate = IndexRecord {
                 digest: image.digest,
                 location: Location {
@@ -920,37 +985,66 @@ impl Namespace {
                 generation: image.generation,
                 void_time: image.void_time,
                 last_update_ms: image.last_update_ms,
-                set_id: if image.set_name.is_empty() {
-                    0
-                } else {
-                    std::str::from_utf8(image.set_name)
-                        .ok()
-                        .and_then(|s| self.index.set_id(s).ok())
-                        .unwrap_or(0)
-                },
+                set_id,
                 tombstone: image.tombstone,
                 key_stored: image.key_stored,
             };
+            // Dead already, or expiring within the hour the scan may take.
+            let maybe_dead = (candidate.void_time != 0
+                && candidate.void_time < state.now_s.saturating_add(3600))
+                || candidate.last_update_ms < state.cutoffs.before(image.set_name);
+            images.push((candidate, maybe_dead));
             at += len;
-            let outcome = self.index.update(&image.digest, |old| match old {
+        }
+        // Offer the images to the index, hinting each one's sprig and tree
+        // root a few images ahead: a block holds up to thousands of small
+        // records with random digests, and their lookups' cache misses
+        // overlap instead of following one another.
+        for (i, (candidate, maybe_dead)) in images.iter().enumerate() {
+            if let Some((ahead, _)) = images.get(i + SCAN_PREFETCH_SPRIGS) {
+                self.index.prefetch_sprig(&ahead.digest);
+            }
+            if let Some((ahead, _)) = images.get(i + SCAN_PREFETCH_ROOTS) {
+                self.index.prefetch_entry(&ahead.digest);
+            }
+            let candidate = *candidate;
+            let outcome = self.index.update(&candidate.digest, |old| match old {
                 Some(old) if !newer(&candidate, old) => (Change::Keep, Offer::Older),
                 Some(old) => (Change::Put(candidate), Offer::Replaced(*old)),
                 None => (Change::Put(candidate), Offer::New),
             });
-            match outcome {
+            let adopted = match outcome {
                 Ok(Offer::New) => {
                     summary.unique += 1;
                     self.count_in(&candidate);
+                    true
                 }
                 Ok(Offer::Replaced(old)) => {
                     summary.replaced += 1;
                     self.count_out(&old);
                     self.count_in(&candidate);
+                    true
                 }
-                Ok(Offer::Older) => summary.older += 1,
-                Err(_) => summary.bad_images += 1,
+                Ok(Offer::Older) => {
+                    summary.older += 1;
+                    false
+                }
+                Err(_) => {
+                    summary.bad_images += 1;
+                    false
+                }
+            };
+            if adopted && *maybe_dead {
+                if let Some(list) = &mut state.maybe_dead {
+                    if list.len() < MAYBE_DEAD_LIMIT {
+                        list.push(candidate.digest);
+                    } else {
+                        state.maybe_dead = None;
+                    }
+                }
             }
         }
+        state.images = images;
     }
 
     pub(crate) fn count_in(&self, r: &IndexRecord) {
@@ -969,22 +1063,40 @@ impl Namespace {
 
     /// After a scan: removes winners that are expired or truncated (they had
     /// to win first, so that no older image of them survives).
-    fn drop_dead_winners(&self) -> (u64, u64) {
+    ///
+    /// `listed`: the only keys whose winner can be dead (see `cold_scan`);
+    /// `None` walks the whole index.
+    fn drop_dead_winners(&self, listed: Option<&[Digest]>) -> (u64, u64) {
         let clock = (self.clock)();
+        let cutoffs = self.truncation_cutoffs();
         let mut dead = Vec::new();
-        let mut buffer = Vec::new();
-        for p in crate::partition::PartitionId::all() {
-            self.index.scan_partition(p, None, &mut buffer, |r| {
-                if crate::ops::is_expired(r.void_time, clock.now_s) {
-                    dead.push((*r, true));
-                } else {
-                    let set = self.index.set_name(r.set_id).unwrap_or_default();
-                    if r.last_update_ms < self.truncated_before(set.as_bytes()) {
-                        dead.push((*r, false));
+        let mut consider = |r: &IndexRecord| {
+            if crate::ops::is_expired(r.void_time, clock.now_s) {
+                dead.push((*r, true));
+            } else if cutoffs.any() {
+                let set = self.index.set_name(r.set_id).unwrap_or_default();
+                if r.last_update_ms < cutoffs.before(set.as_bytes()) {
+                    dead.push((*r, false));
+                }
+            }
+        };
+        match listed {
+            Some(digests) => {
+                for digest in digests {
+                    if let Some(r) = self.index.get(digest) {
+                        consider(&r);
                     }
                 }
-                true
-            });
+            }
+            None => {
+                let mut buffer = Vec::new();
+                for p in crate::partition::PartitionId::all() {
+                    self.index.scan_partition(p, None, &mut buffer, |r| {
+                        consider(r);
+                        true
+                    });
+                }
+            }
         }
         let (mut expired, mut truncated) = (0, 0);
         for (r, is_expired) in dead {
@@ -1001,6 +1113,49 @@ impl Namespace {
         (expired, truncated)
     }
 }
+
+/// Truncation cutoffs taken once (they cannot change during a start).
+#[derive(Default)]
+struct Cutoffs {
+    namespace: u64,
+    sets: Vec<(Vec<u8>, u64)>,
+}
+
+impl Cutoffs {
+    fn any(&self) -> bool {
+        self.namespace > 0 || !self.sets.is_empty()
+    }
+
+    /// Records of `set_name` last updated before this are truncated.
+    fn before(&self, set_name: &[u8]) -> u64 {
+        self.sets
+            .iter()
+            .filter(|(name, _)| name.as_slice() == set_name)
+            .fold(self.namespace, |cutoff, (_, before)| cutoff.max(*before))
+    }
+}
+
+/// One scan thread's state across the blocks it reads.
+struct ScanState<'a> {
+    summary: ScanSummary,
+    /// Keys whose adopted image was dead or could be by the scan's end;
+    /// `None` once past `MAYBE_DEAD_LIMIT`.
+    maybe_dead: Option<Vec<Digest>>,
+    /// One block's images, kept for its allocation.
+    images: Vec<(IndexRecord, bool)>,
+    /// The last set name looked up and its id.
+    last_set: Option<(Vec<u8>, u16)>,
+    cutoffs: &'a Cutoffs,
+    now_s: u32,
+}
+
+/// Keys a cold scan lists for a second look before it walks the whole
+/// index instead (20 bytes each: 80 MiB at most).
+const MAYBE_DEAD_LIMIT: usize = 4 << 20;
+
+/// How many images ahead the scan hints a sprig, and a tree root.
+const SCAN_PREFETCH_SPRIGS: usize = 16;
+const SCAN_PREFETCH_ROOTS: usize = 8;
 
 enum Offer {
     New,
