@@ -759,6 +759,31 @@ fn records_without_a_set_count_the_same_after_a_warm_restart() {
     );
 }
 
+/// `index_huge_pages` in the namespace info read false after every warm
+/// start: an attached segment cannot tell its page size, so the stat came
+/// from the attaching process's own (unknown) view. The creator now records
+/// it in the header. Without reserved hugepages both sides are false; run
+/// after `scripts/setup-hugepages.sh --pages 64` to see the hugepage case.
+#[test]
+fn a_warm_attach_reports_the_pages_the_index_was_created_on() {
+    let config = IndexConfig {
+        pages: osprey_engine::index::PageMode::Auto,
+        ..small_config(SPRIGS)
+    };
+    let guard = SegmentsGuard(config.clone());
+    let index = Index::create(&config).unwrap();
+    index.put(record(digest(1), 1)).unwrap();
+    let created_on_huge = index.stats().huge_pages;
+    index.mark_trusted(4);
+    let (index, _) = Index::attach(&config, Some(4), &|_| {}).unwrap();
+    let attached_says = index.stats().huge_pages;
+    drop(index);
+    drop(guard);
+    assert_keys_gone(&config);
+    say(&format!("index created on hugepages: {created_on_huge}"));
+    assert_eq!(attached_says, created_on_huge);
+}
+
 /// A panic in an `update` callback for an absent digest must not leave the
 /// entry reserved for it in use: the next warm start would walk it as a
 /// live record (here: the stale contents of a record removed earlier).

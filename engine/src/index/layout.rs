@@ -344,4 +344,8 @@ pub struct MetaHeader {
     pub free_count: AtomicU64,
     /// Entries handed out and not freed.
     pub in_use: AtomicU64,
+    /// 1 if the creating process got hugetlb pages for the meta segment
+    /// (an attaching process cannot tell; 0 in segments from before this
+    /// field, read as "normal pages").
+    pub huge_pages: AtomicU32,
 }

@@ -386,6 +386,9 @@ impl Index {
             .entries_per_stage
             .store(config.entries_per_stage(), Relaxed);
         header.next_unused.store(1, Relaxed);
+        header
+            .huge_pages
+            .store(u32::from(index.meta.huge()), Relaxed);
         // The magic goes last: a process that dies mid-way leaves a segment
         // that is refused as "not an Osprey index".
         header.magic.store(META_MAGIC, Ordering::SeqCst);
@@ -1138,7 +1141,9 @@ impl Index {
                 .filter_map(|s| self.stages[s].get())
                 .map(|s| s.segment().size_bytes() as u64)
                 .sum::<u64>();
-        stats.huge_pages = self.meta.huge();
+        // An attached segment does not know its pages; its creator wrote
+        // them in the header.
+        stats.huge_pages = self.meta.huge() || self.header().huge_pages.load(Relaxed) == 1;
         stats
     }
 
