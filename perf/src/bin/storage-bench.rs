@@ -1552,6 +1552,17 @@ fn run(options: &Options) -> Result<(), String> {
             acked: mine,
         };
         let mut total = drive(&mut core, &mut cyclic, q, Some(deadline))?;
+        // Keep this core polling while the others flush: a core that stops
+        // polling never writes its open buffer, and until it does the
+        // blocks freed since its first unwritten record stay unusable — the
+        // others' defrag (which flush_all drains) waited for a free block
+        // for good on the small device of --quick.
+        let mut out = Vec::new();
+        while !others.iter().all(|o| o.is_finished()) {
+            core.poll(&mut out);
+            out.clear();
+            std::thread::sleep(Duration::from_micros(200));
+        }
         for other in others {
             let stats = other
                 .join()
