@@ -180,7 +180,7 @@ pub fn namespace_statistics(state: &ServerState, i: usize) -> String {
          defrag_q={defrag_queue};index_used_bytes={};index_shm_reserved_bytes={};\
          index_huge_pages={};client_reads={reads};cache_read_pct={};device_reads={};\
          device_writes={};device_write_bytes={};client_writes={};client_deletes={};\
-         checksum_failures={};device_overloads={};stop_writes_refusals={};\
+         checksum_failures={};device_overloads={};free_wblock_waits={};stop_writes_refusals={};\
          defrag_reads={};defrag_moved={};defrag_freed={};emergency_defrags={};\
          tombstones_reclaimed={};tombstones_kept={};tomb_raider_passes={};\
          tomb_raider_aborts={}",
@@ -202,6 +202,7 @@ pub fn namespace_statistics(state: &ServerState, i: usize) -> String {
         s.deletes.load(Relaxed),
         s.checksum_failures.load(Relaxed),
         s.overloads.load(Relaxed),
+        s.free_block_waits.load(Relaxed),
         s.stop_writes.load(Relaxed),
         s.defrag_reads.load(Relaxed),
         s.defrag_moved.load(Relaxed),

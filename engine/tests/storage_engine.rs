@@ -545,6 +545,10 @@ fn a_block_emptied_by_an_unflushed_rewrite_is_not_reused_before_it_is_durable() 
         overloaded,
         "B must not get the block whose last durable image of K is unprotected"
     );
+    assert!(
+        ns.stats.free_block_waits.load(Ordering::Relaxed) > 0,
+        "the refusal is counted as a wait for a free block, not a full backlog"
+    );
     // Crash now: A's rewrite of K was never flushed.
     drop(a);
     drop(b);
@@ -672,6 +676,11 @@ fn a_full_write_backlog_refuses_writes_cheaply_until_the_device_catches_up() {
     assert_eq!(
         stats.overloads.load(Ordering::Relaxed) - overloads_before,
         100
+    );
+    assert_eq!(
+        stats.free_block_waits.load(Ordering::Relaxed),
+        0,
+        "a full backlog is not a wait for a free block"
     );
     // The device catches up: writes go through again, and every
     // acknowledged record reads back.

@@ -1032,6 +1032,7 @@ impl CoreStorage {
             if slot.wblocks.defrag_queue_len() > 0 || self.backlog_bytes[d] > 0 {
                 // Defrag (or writes in flight) will free blocks: retry.
                 self.ns.stats.overloads.fetch_add(1, Relaxed);
+                self.ns.stats.free_block_waits.fetch_add(1, Relaxed);
                 return Err(ResultCode::DeviceOverload);
             }
             self.ns.stats.stop_writes.fetch_add(1, Relaxed);
@@ -1054,6 +1055,7 @@ impl CoreStorage {
                 // full" — storage-bench's 1 KiB phase met it once its loop
                 // got faster. Below stop-writes-pct the space is there.
                 self.ns.stats.overloads.fetch_add(1, Relaxed);
+                self.ns.stats.free_block_waits.fetch_add(1, Relaxed);
                 return Err(ResultCode::DeviceOverload);
             }
             self.ns.stats.stop_writes.fetch_add(1, Relaxed);

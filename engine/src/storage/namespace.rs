@@ -257,6 +257,10 @@ pub struct StorageStats {
     pub checksum_failures: AtomicU64,
     pub read_retries: AtomicU64,
     pub overloads: AtomicU64,
+    /// The part of `overloads` refused for want of a usable free block (at
+    /// the defrag reserve, or free blocks still holding the last durable
+    /// images of records in flight) rather than a full write backlog.
+    pub free_block_waits: AtomicU64,
     pub stop_writes: AtomicU64,
     /// Device writes that failed their immediate retries (and are retried
     /// with backoff until they land).

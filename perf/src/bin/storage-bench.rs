@@ -466,6 +466,7 @@ struct Snapshot {
     defrag_reads: u64,
     defrag_moved: u64,
     defrag_freed: u64,
+    free_block_waits: u64,
 }
 
 impl Snapshot {
@@ -484,6 +485,7 @@ impl Snapshot {
             defrag_reads: s.defrag_reads.load(Relaxed),
             defrag_moved: s.defrag_moved.load(Relaxed),
             defrag_freed: s.defrag_freed.load(Relaxed),
+            free_block_waits: s.free_block_waits.load(Relaxed),
         }
     }
 
@@ -513,6 +515,7 @@ impl Snapshot {
             defrag_reads: now.defrag_reads - self.defrag_reads,
             defrag_moved: now.defrag_moved - self.defrag_moved,
             defrag_freed: now.defrag_freed - self.defrag_freed,
+            free_block_waits: now.free_block_waits - self.free_block_waits,
         }
     }
 }
@@ -529,6 +532,7 @@ struct Delta {
     defrag_reads: u64,
     defrag_moved: u64,
     defrag_freed: u64,
+    free_block_waits: u64,
 }
 
 fn percent(value: Option<f64>) -> String {
@@ -1588,10 +1592,11 @@ fn run(options: &Options) -> Result<(), String> {
     let write_rate = client_bytes as f64 / writes.elapsed.as_secs_f64();
     let small_written = small_acked.iter().filter(|s| s.is_some()).count() as u64;
     run.note(format!(
-        "verified 1 KiB writes: {} acknowledged over {small_written} keys ({:.2} cycles) by {write_cores} storage cores, {} retried for device overload; {:.1} k records/s × {small_image} B over {:.3} s (not counting the write backlog still in flight at the end, at most {} MiB); device wrote {:.2} B per client byte ({} writes, {} defrag moves, {} blocks freed by defrag); old records loaded: {} from the post-write cache, {} from the device; CPU: bench {}, fio write {}",
+        "verified 1 KiB writes: {} acknowledged over {small_written} keys ({:.2} cycles) by {write_cores} storage cores, {} retried for device overload ({} of them waiting for a usable free block, the rest for the write backlog); {:.1} k records/s × {small_image} B over {:.3} s (not counting the write backlog still in flight at the end, at most {} MiB); device wrote {:.2} B per client byte ({} writes, {} defrag moves, {} blocks freed by defrag); old records loaded: {} from the post-write cache, {} from the device; CPU: bench {}, fio write {}",
         written.finished,
         written.finished as f64 / small_keys as f64,
         written.retries,
+        writes.free_block_waits,
         written.finished as f64 / writes.elapsed.as_secs_f64() / 1e3,
         writes.elapsed.as_secs_f64(),
         (storage_config(&run.layout).max_write_cache_bytes + u64::from(WRITE_BLOCK_BYTES)) / MIB,
