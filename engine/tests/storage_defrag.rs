@@ -95,14 +95,40 @@ fn drain(core: &mut CoreStorage) {
     }
 }
 
+/// A fresh namespace on one memory device of `mib` MiB, and a core on it.
+struct OneDevice {
+    devices: Vec<Arc<dyn Device>>,
+    index: osprey_engine::IndexConfig,
+    _guard: SegmentsGuard,
+    ns: Arc<Namespace>,
+    core: CoreStorage,
+}
+
+fn one_device(mib: u64) -> OneDevice {
+    let mem = MemoryDevice::new("mem0", mib * MIB, 4096, 64);
+    let devices: Vec<Arc<dyn Device>> = vec![Arc::new(mem)];
+    let index = small_config(16);
+    let guard = SegmentsGuard(index.clone());
+    let (ns, _) = open(&devices, &index);
+    let core = CoreStorage::new(ns.clone()).unwrap();
+    OneDevice {
+        devices,
+        index,
+        _guard: guard,
+        ns,
+        core,
+    }
+}
+
 #[test]
 fn defrag_frees_light_blocks_and_loses_nothing_across_a_cold_start() {
-    let mem = MemoryDevice::new("mem0", 16 * MIB, 4096, 64);
-    let devices: Vec<Arc<dyn Device>> = vec![Arc::new(mem.clone())];
-    let index = small_config(16);
-    let _guard = SegmentsGuard(index.clone());
-    let (ns, _) = open(&devices, &index);
-    let mut core = CoreStorage::new(ns.clone()).unwrap();
+    let OneDevice {
+        devices,
+        index,
+        _guard,
+        ns,
+        mut core,
+    } = one_device(16);
     let keys = 2000u64;
     let mut model = HashMap::new();
     for n in 0..keys {
@@ -165,12 +191,12 @@ fn defrag_frees_light_blocks_and_loses_nothing_across_a_cold_start() {
 /// wrote 1.3 device bytes per client byte in exactly this pattern.)
 #[test]
 fn blocks_rewritten_in_order_are_freed_without_copying_their_records() {
-    let mem = MemoryDevice::new("mem0", 32 * MIB, 4096, 64);
-    let devices: Vec<Arc<dyn Device>> = vec![Arc::new(mem.clone())];
-    let index = small_config(16);
-    let _guard = SegmentsGuard(index.clone());
-    let (ns, _) = open(&devices, &index);
-    let mut core = CoreStorage::new(ns.clone()).unwrap();
+    let OneDevice {
+        _guard,
+        ns,
+        mut core,
+        ..
+    } = one_device(32);
     let keys = 4000u64;
     for round in 0..4i64 {
         for n in 0..keys {
