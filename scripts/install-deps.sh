@@ -4,7 +4,7 @@
 # checks for it and adds the rustfmt and clippy components when missing.
 set -euo pipefail
 
-need_rust="1.85"
+need_rust="1.89"
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found. Install Rust >= $need_rust with rustup (https://rustup.rs), then run this again." >&2
   exit 1
