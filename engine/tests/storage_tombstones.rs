@@ -263,37 +263,32 @@ fn a_device_error_or_a_stop_reclaims_nothing() {
             .is_none()
     };
 
+    // A pass with device errors at `range` for `kind`: it must abort,
+    // saying `why`.
+    let pass_with_errors = |kind: IoKind, range: std::ops::Range<u64>, why: &str| {
+        fx.mem.set_faults(Faults {
+            error_ranges: vec![(kind, range)],
+            ..Default::default()
+        });
+        let report = ns.reclaim_tombstones(&TombRaiderConfig::default(), &|| false);
+        fx.mem.set_faults(Faults::default());
+        assert!(
+            report
+                .aborted
+                .as_deref()
+                .is_some_and(|aborted| aborted.contains(why)),
+            "{report:?}"
+        );
+        report
+    };
     // A read error anywhere keeps everything.
     let last_block = 8 * MIB + 63 * u64::from(WBLOCK);
-    fx.mem.set_faults(Faults {
-        error_ranges: vec![(IoKind::Read, last_block..last_block + 4096)],
-        ..Default::default()
-    });
-    let report = ns.reclaim_tombstones(&TombRaiderConfig::default(), &|| false);
-    assert!(
-        report
-            .aborted
-            .as_deref()
-            .is_some_and(|why| why.contains("read")),
-        "{report:?}"
-    );
+    let report = pass_with_errors(IoKind::Read, last_block..last_block + 4096, "read");
     assert_eq!((report.reclaimed, report.kept), (0, 0));
     assert!(ns.index.get(&demo_digest(1)).unwrap().tombstone);
     assert_eq!(ns.stats.tomb_raider_aborts.load(Ordering::Relaxed), 1);
     // So does a failed flush of the device after the reads.
-    fx.mem.set_faults(Faults {
-        error_ranges: vec![(IoKind::Flush, 0..16 * MIB)],
-        ..Default::default()
-    });
-    let report = ns.reclaim_tombstones(&TombRaiderConfig::default(), &|| false);
-    assert!(
-        report
-            .aborted
-            .as_deref()
-            .is_some_and(|why| why.contains("flush")),
-        "{report:?}"
-    );
-    fx.mem.set_faults(Faults::default());
+    pass_with_errors(IoKind::Flush, 0..16 * MIB, "flush");
 
     // Told to stop: the same.
     let report = ns.reclaim_tombstones(&TombRaiderConfig::default(), &|| true);

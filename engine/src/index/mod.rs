@@ -315,8 +315,7 @@ impl Nodes for Index {
     #[inline(always)]
     fn node(&self, h: Handle) -> &Entry {
         debug_assert_ne!(h, NIL);
-        let stage = (h >> self.stage_shift) as usize;
-        let slot = (h & (self.entries_per_stage - 1)) as usize;
+        let (stage, slot) = self.stage_and_slot(h);
         self.stages[stage]
             .get()
             .expect("handle points past the mapped stages")
@@ -741,6 +740,16 @@ impl Index {
     /// (0.96 vs 1.81 M/s, `index-bench`), because without the locked
     /// instruction the CPU runs ahead into lookups whose speculative misses
     /// are thrown away. Revisit with several reader threads per sprig.
+    /// Where handle `h` lives: its stage, and its slot in the stage
+    /// (entries per stage is a power of two).
+    #[inline(always)]
+    fn stage_and_slot(&self, h: Handle) -> (usize, usize) {
+        (
+            (h >> self.stage_shift) as usize,
+            (h & (self.entries_per_stage - 1)) as usize,
+        )
+    }
+
     /// Starts loading the cache line of `digest`'s sprig (its lock and
     /// root), without waiting: the first step of [`Index::prefetch_entry`].
     /// A lookup of a random digest misses the cache there, then again on
@@ -759,9 +768,9 @@ impl Index {
     pub fn prefetch_entry(&self, digest: &Digest) {
         let root = self.sprig(digest).root.load(Relaxed);
         if root != NIL {
-            if let Some(stage) = self.stages.get((root >> self.stage_shift) as usize) {
+            let (stage, slot) = self.stage_and_slot(root);
+            if let Some(stage) = self.stages.get(stage) {
                 if let Some(entries) = stage.get() {
-                    let slot = (root & (self.entries_per_stage - 1)) as usize;
                     if slot < entries.len() {
                         crate::sys::prefetch::prefetch(entries.get(slot));
                     }

@@ -121,6 +121,17 @@ const SET_ID_CACHE: usize = 1024;
 /// free blocks run short the wait is skipped: it never holds space that
 /// writers need.
 const DEFRAG_SETTLE: Duration = Duration::from_millis(50);
+
+/// How a core's defrag runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DefragMode {
+    /// Normally: queued blocks settle for [`DEFRAG_SETTLE`] first.
+    Running,
+    /// `flush_all`: every queued block is taken at once.
+    Draining,
+    /// Shutdown: defrag under way finishes, none starts.
+    Paused,
+}
 /// Bytes of a pooled read buffer (rounded up to the device's minimum I/O):
 /// the aligned span of any record image up to 12 KiB.
 const READ_POOL_BUFFER_BYTES: usize = 16 << 10;
@@ -238,11 +249,7 @@ pub struct CoreStorage {
     set_ids: HashMap<Vec<u8>, u16>,
     /// Submitted, not started yet (see [`CoreStorage::submit`]).
     accepted: Vec<(u64, Transaction)>,
-    /// Shutdown: finish defrag under way, start none.
-    defrag_paused: bool,
-    /// `flush_all`: defragment every queued block now, without
-    /// [`DEFRAG_SETTLE`].
-    defrag_draining: bool,
+    defrag_mode: DefragMode,
     /// Counters bumped on every transaction, added to the namespace's
     /// shared ones once per `poll`.
     hot: HotCounters,
@@ -333,8 +340,7 @@ impl CoreStorage {
             spare_blocks: (0..n).map(|_| Vec::new()).collect(),
             set_ids: HashMap::new(),
             accepted: Vec::new(),
-            defrag_paused: false,
-            defrag_draining: false,
+            defrag_mode: DefragMode::Running,
             hot: HotCounters::default(),
         })
     }
@@ -452,8 +458,11 @@ impl CoreStorage {
     }
 
     fn flush_everything(&mut self, timeout: Duration, drain_defrag: bool) -> Result<(), String> {
-        self.defrag_paused = !drain_defrag;
-        self.defrag_draining = drain_defrag;
+        self.defrag_mode = if drain_defrag {
+            DefragMode::Draining
+        } else {
+            DefragMode::Paused
+        };
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         // Open buffers are written now; during a shutdown also the ones
@@ -464,7 +473,7 @@ impl CoreStorage {
             }
         }
         let result = loop {
-            if self.defrag_paused {
+            if self.defrag_mode == DefragMode::Paused {
                 // Jobs neither reading nor moving (not begun, or waiting
                 // for room) go back to the queue.
                 let ns = Arc::clone(&self.ns);
@@ -483,7 +492,7 @@ impl CoreStorage {
                     }
                 }
             }
-            if !self.defrag_paused && !self.defrag_jobs.is_empty() {
+            if self.defrag_mode != DefragMode::Paused && !self.defrag_jobs.is_empty() {
                 // Draining defrag: its copies land in open buffers, which
                 // would otherwise wait `flush-max-ms` (each) to be written;
                 // a flush writes them now without retiring the block.
@@ -507,8 +516,7 @@ impl CoreStorage {
             }
             std::thread::yield_now();
         };
-        self.defrag_paused = false;
-        self.defrag_draining = false;
+        self.defrag_mode = DefragMode::Running;
         self.ready.extend(out);
         result
     }
@@ -973,7 +981,7 @@ impl CoreStorage {
         }
         let d = self.ns.device_for(&r.digest);
         let wb_bytes = self.ns.config.write_block_bytes as usize;
-        if self.backlog_bytes[d] + wb_bytes as u64 <= self.ns.config.max_write_cache_bytes {
+        if !self.backlog_full(d) {
             return false;
         }
         let request_bytes = record::IMAGE_HEADER_BYTES
@@ -987,6 +995,12 @@ impl CoreStorage {
             .is_none_or(|b| b.used + request_bytes > wb_bytes)
     }
 
+    /// Whether device `d`'s write backlog has no room for another block.
+    fn backlog_full(&self, d: usize) -> bool {
+        self.backlog_bytes[d] + u64::from(self.ns.config.write_block_bytes)
+            > self.ns.config.max_write_cache_bytes
+    }
+
     fn make_room(&mut self, d: usize, len: usize, for_defrag: bool) -> Result<(), ResultCode> {
         let wb_bytes = self.ns.config.write_block_bytes as usize;
         if self.open[d]
@@ -995,7 +1009,7 @@ impl CoreStorage {
         {
             return Ok(());
         }
-        if self.backlog_bytes[d] + wb_bytes as u64 > self.ns.config.max_write_cache_bytes {
+        if self.backlog_full(d) {
             self.ns.stats.overloads.fetch_add(1, Relaxed);
             return Err(ResultCode::DeviceOverload);
         }
@@ -1563,7 +1577,7 @@ impl CoreStorage {
                 ns.stats.defrag_stuck.fetch_add(1, Relaxed);
             }
         }
-        if self.defrag_paused {
+        if self.defrag_mode == DefragMode::Paused {
             return;
         }
         // Jobs interrupted for lack of room keep their copies' bookkeeping
@@ -1587,7 +1601,7 @@ impl CoreStorage {
             }
             // While free blocks are plentiful a light block waits in the
             // queue for DEFRAG_SETTLE before its records are copied out.
-            let settle = if !self.defrag_draining
+            let settle = if self.defrag_mode == DefragMode::Running
                 && ns.devices[d].wblocks.free_count() > 2 * self.defrag_reserve_blocks(d)
             {
                 DEFRAG_SETTLE

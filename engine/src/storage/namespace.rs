@@ -659,19 +659,7 @@ impl Namespace {
 
     /// The truncation cutoff (ms) that applies to `set_name`, if any.
     pub fn truncated_before(&self, set_name: &[u8]) -> u64 {
-        let mut cutoff = 0;
-        for slot in self.devices.iter().take(1) {
-            for t in &lock(&slot.header).truncations {
-                let applies = match &t.set_name {
-                    None => true,
-                    Some(s) => s.as_bytes() == set_name,
-                };
-                if applies {
-                    cutoff = cutoff.max(t.before_ms);
-                }
-            }
-        }
-        cutoff
+        self.truncation_cutoffs().before(set_name)
     }
 
     /// Builds the index from the devices (cold start).

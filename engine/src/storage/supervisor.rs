@@ -45,8 +45,8 @@
 //! Truncation: durable first, then applied. The cutoff goes into every
 //! device header's truncation list before any index entry is removed, so a
 //! crash at any point leaves a cold start that drops the truncated images it
-//! finds on flash (`Namespace::truncated_before`, used by the cold start's
-//! `drop_dead_winners`). Then the index is walked and every entry of the set
+//! finds on flash (its `drop_dead_winners` checks the header's cutoffs).
+//! Then the index is walked and every entry of the set
 //! (or of the namespace) last updated before the cutoff is removed.
 //! Records written after the cutoff survive.
 //!
